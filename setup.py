@@ -1,0 +1,45 @@
+"""MoCo v2 pretraining and Detectron2 detection transfer, as one installable project."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="moco-detectron2",
+    version="0.1.0",
+    description="MoCo v2 pretraining, conversion to Detectron2 R50-C4 and multi-seed VOC transfer",
+    python_requires=">=3.10",
+    packages=find_packages(include=["pretrain*", "convert*", "detection*", "evaluation*",
+                                    "synthetic*", "demo*"]),
+    include_package_data=True,
+    # Minimums only: the exact versions for the reference platform live in
+    # requirements/platform.txt, so users on another CUDA can install their own torch first.
+    # detectron2 is not on PyPI under its own name: tools/install_detectron2.sh provides it.
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "fvcore>=0.1.5",
+        "iopath>=0.1.9",
+        "pycocotools>=2.0.2",
+        "opencv-python-headless>=4.8",
+        "numpy",
+        "Pillow",
+        "matplotlib",
+        "tensorboard",
+        "setuptools<81",
+    ],
+    extras_require={
+        "dev": ["pytest>=7", "pytest-timeout", "ruff>=0.5", "black>=24"],
+        "slurm": ["submitit"],
+    },
+    entry_points={
+        "console_scripts": [
+            "moco-synth=synthetic.__main__:main",
+            "moco-pretrain=pretrain.train_net:main",
+            "moco-convert=convert.__main__:main",
+            "moco-detect=detection.train_net:main",
+            "moco-trials=detection.trials:main",
+            "moco-knn=evaluation.knn:main",
+            "moco-lincls=evaluation.linear:main",
+            "moco-demo=demo.__main__:main",
+        ]
+    },
+)

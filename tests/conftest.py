@@ -1,0 +1,1 @@
+"""Shared pytest fixtures. Tests run on CPU, seeded, on small generated data."""
