@@ -1,0 +1,298 @@
+"""PASCAL-VOC-format detection set, and a strict checker for VOC annotation files.
+
+Layout written by :func:`make_voc` (as detectron2's ``register_pascal_voc`` expects)::
+
+    root/VOC2007/JPEGImages/<id>.jpg
+    root/VOC2007/Annotations/<id>.xml
+    root/VOC2007/ImageSets/Main/{trainval,test}.txt
+    root/VOC2012/...                                   (trainval only, as the real VOC2012)
+
+Boxes follow the VOC convention: 1-based inclusive pixel indices, so a box covering the whole
+image is ``xmin=1, ymin=1, xmax=width, ymax=height``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+
+import numpy as np
+
+from .render import (
+    SHAPE_TEXTURE,
+    SHAPES,
+    add_clutter,
+    background,
+    encode_jpeg,
+    paint_object,
+    shape_mask,
+)
+
+DET_CLASSES = SHAPES[:6]  # ("disk", "square", "triangle", "star", "cross", "ring")
+_SPLIT_IDS = {"trainval": 0, "test": 1}
+_MIN_VISIBLE_PX = 12  # objects hidden below this are not annotated at all
+
+
+class VOCAnnotationError(ValueError):
+    """A VOC annotation file is malformed; the message starts with the file's path."""
+
+
+def _box_iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def render_detection_image(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    classes=DET_CLASSES,
+    max_objects: int = 4,
+    clutter: int = 6,
+) -> tuple:
+    """Render one detection image; returns ``(rgb float32 HxWx3, list of object dicts)``.
+
+    Each object dict has ``name``, ``bbox`` (VOC 1-based xmin, ymin, xmax, ymax of the visible
+    pixels), ``truncated`` (cut by the image border) and ``difficult`` (small or mostly hidden).
+    Objects are drawn in order, so later ones partly occlude earlier ones; sizes are log-uniform
+    between a few pixels and a third of the short side.
+    """
+    hw = (height, width)
+    pad = max(width, height) // 2  # shapes are drawn on a padded canvas to measure truncation
+    img = background(hw, rng, clutter=clutter)
+    label = np.full(hw, -1, np.int32)
+    placed, full_areas, names, cut = [], [], [], []
+    r_lo, r_hi = 6.0, max(7.0, min(width, height) / 3.0)
+    for k in range(int(rng.integers(1, max_objects + 1))):
+        for _ in range(10):  # reject placements that would hide an earlier object entirely
+            radius = float(np.exp(rng.uniform(np.log(r_lo), np.log(r_hi))))
+            cx, cy = rng.uniform(0.05, 0.95) * width, rng.uniform(0.05, 0.95) * height
+            box = (cx - radius, cy - radius, cx + radius, cy + radius)
+            if all(_box_iou(box, b) < 0.4 for b in placed):
+                break
+        name = classes[int(rng.integers(len(classes)))]
+        padded = shape_mask(
+            name, (height + 2 * pad, width + 2 * pad), (cx + pad, cy + pad), radius, rng
+        )
+        mask = padded[pad : pad + height, pad : pad + width]
+        paint_object(img, mask, SHAPE_TEXTURE[name], (cx, cy), radius, rng)
+        label[mask.astype(bool)] = k
+        placed.append(box)
+        full_areas.append(int(padded.sum()))
+        cut.append(int(mask.sum()) < full_areas[-1])  # part of the shape fell outside
+        names.append(name)
+    if rng.random() < 0.5:  # a distractor over the objects: occlusion by non-objects too
+        before = img.copy()
+        add_clutter(img, rng)
+        label[np.any(img != before, axis=2)] = -1
+    objects = []
+    for k, name in enumerate(names):
+        ys, xs = np.nonzero(label == k)
+        if len(xs) < _MIN_VISIBLE_PX:
+            continue
+        visible = len(xs) / max(full_areas[k], 1)
+        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())
+        small = max(x1 - x0, y1 - y0) + 1 < 12
+        objects.append(
+            {
+                "name": name,
+                "bbox": (x0 + 1, y0 + 1, x1 + 1, y1 + 1),  # 0-based inclusive -> VOC 1-based
+                "truncated": int(cut[k]),
+                "difficult": int(small or visible < 0.35),
+            }
+        )
+    return img, objects
+
+
+def _annotation_xml(folder: str, filename: str, width: int, height: int, objects) -> ET.Element:
+    root = ET.Element("annotation")
+    ET.SubElement(root, "folder").text = folder
+    ET.SubElement(root, "filename").text = filename
+    source = ET.SubElement(root, "source")
+    ET.SubElement(source, "database").text = "moco-detectron2 synthetic"
+    size = ET.SubElement(root, "size")
+    for key, val in (("width", width), ("height", height), ("depth", 3)):
+        ET.SubElement(size, key).text = str(val)
+    ET.SubElement(root, "segmented").text = "0"
+    for obj in objects:
+        node = ET.SubElement(root, "object")
+        ET.SubElement(node, "name").text = obj["name"]
+        ET.SubElement(node, "pose").text = "Unspecified"
+        ET.SubElement(node, "truncated").text = str(obj["truncated"])
+        ET.SubElement(node, "difficult").text = str(obj["difficult"])
+        bnd = ET.SubElement(node, "bndbox")
+        for key, val in zip(("xmin", "ymin", "xmax", "ymax"), obj["bbox"]):
+            ET.SubElement(bnd, key).text = str(val)
+    ET.indent(root)
+    return root
+
+
+def _text(node, path: str, xml_path: str) -> str:
+    found = node.find(path)
+    if found is None or found.text is None or not found.text.strip():
+        raise VOCAnnotationError(f"{xml_path}: missing <{path}>")
+    return found.text.strip()
+
+
+def _number(node, path: str, xml_path: str) -> float:
+    text = _text(node, path, xml_path)
+    try:
+        return float(text)
+    except ValueError:
+        raise VOCAnnotationError(f"{xml_path}: <{path}> is not a number: {text!r}") from None
+
+
+def check_annotation(xml_path: str, classes) -> dict:
+    """Parse and validate one VOC annotation file.
+
+    Args:
+        xml_path: path of an ``Annotations/<id>.xml`` file.
+        classes: the allowed object names.
+
+    Returns:
+        ``{"filename", "width", "height", "objects": [{"name", "bbox", "difficult",
+        "truncated"}]}`` with ``bbox`` in VOC 1-based pixel coordinates.
+
+    Raises:
+        VOCAnnotationError: naming ``xml_path``, for unparsable XML, a missing field, an
+            unknown class, or a box that is empty or not inside ``[1, width] x [1, height]``.
+    """
+    try:
+        tree = ET.parse(xml_path)
+    except (ET.ParseError, OSError) as e:
+        raise VOCAnnotationError(f"{xml_path}: cannot parse annotation ({e})") from e
+    root = tree.getroot()
+    width = _number(root, "size/width", xml_path)
+    height = _number(root, "size/height", xml_path)
+    _number(root, "size/depth", xml_path)
+    record = {"filename": _text(root, "filename", xml_path), "width": int(width)}
+    record.update(height=int(height), objects=[])
+    for i, obj in enumerate(root.findall("object")):
+        name = _text(obj, "name", xml_path)
+        if name not in classes:
+            raise VOCAnnotationError(
+                f"{xml_path}: object {i} has unknown class {name!r}; expected one of "
+                f"{tuple(classes)}"
+            )
+        if obj.find("bndbox") is None:
+            raise VOCAnnotationError(f"{xml_path}: object {i} ({name}) has no <bndbox>")
+        x0, y0, x1, y1 = (
+            _number(obj, f"bndbox/{k}", xml_path) for k in ("xmin", "ymin", "xmax", "ymax")
+        )
+        if not (1 <= x0 <= x1 <= width and 1 <= y0 <= y1 <= height):
+            raise VOCAnnotationError(
+                f"{xml_path}: object {i} ({name}) box {(x0, y0, x1, y1)} is empty or outside "
+                f"the image [1, {width:g}] x [1, {height:g}]"
+            )
+        record["objects"].append(
+            {
+                "name": name,
+                "bbox": (x0, y0, x1, y1),
+                "difficult": int(_number(obj, "difficult", xml_path)),
+                "truncated": int(_number(obj, "truncated", xml_path)),
+            }
+        )
+    return record
+
+
+def check_voc_split(dirname: str, split: str, classes) -> list:
+    """Validate every annotation listed in ``dirname/ImageSets/Main/<split>.txt``.
+
+    Returns the list of records from :func:`check_annotation`; raises ``VOCAnnotationError``
+    naming the first bad file, or ``FileNotFoundError`` for a listed image that is missing.
+    Meant to run before ``detectron2.data.datasets.load_voc_instances``, whose own errors
+    (``KeyError``/``AttributeError`` deep in the loader) do not say which file is at fault.
+    """
+    with open(os.path.join(dirname, "ImageSets", "Main", split + ".txt")) as f:
+        ids = [line.strip() for line in f if line.strip()]
+    records = []
+    for fileid in ids:
+        jpg = os.path.join(dirname, "JPEGImages", fileid + ".jpg")
+        if not os.path.isfile(jpg):
+            raise FileNotFoundError(f"{jpg}: listed in {split}.txt but missing")
+        records.append(
+            check_annotation(os.path.join(dirname, "Annotations", fileid + ".xml"), classes)
+        )
+    return records
+
+
+def load_checked_voc_instances(dirname: str, split: str, classes) -> list:
+    """``check_voc_split`` then detectron2's ``load_voc_instances``: dataset dicts, or a clear
+    error naming the malformed file. Suitable as a ``DatasetCatalog`` loader."""
+    from detectron2.data.datasets.pascal_voc import load_voc_instances
+
+    check_voc_split(dirname, split, classes)
+    return load_voc_instances(dirname, split, tuple(classes))
+
+
+def make_voc(
+    root: str,
+    seed: int = 0,
+    years=("2007", "2012"),
+    trainval_images: int = 60,
+    test_images: int = 30,
+    min_side: int = 128,
+    max_side: int = 192,
+    max_objects: int = 4,
+    classes=DET_CLASSES,
+    jpeg_quality: int = 90,
+) -> dict:
+    """Write a seeded PASCAL-VOC-format detection set under ``root``; return its summary.
+
+    Args:
+        root: output directory; ``VOC<year>/`` folders are created in it.
+        seed: images depend only on (seed, year, split, index).
+        years: subset of ("2007", "2012"). VOC2007 gets ``trainval`` and ``test``; VOC2012 gets
+            ``trainval`` only, like the real data, so the 07+12 training path is exercised.
+        trainval_images, test_images: images per split (per year for trainval).
+        min_side, max_side: image width and height are drawn from this range (pixels).
+        max_objects: each image has 1..max_objects objects before occlusion filtering.
+        classes: object names, a subset of the shape vocabulary (default ``DET_CLASSES``).
+        jpeg_quality: fixed JPEG quality, so bytes are reproducible.
+
+    Returns:
+        ``{"classes", "seed", "splits": {"VOC2007/trainval": {"images", "objects": {class: n},
+        "difficult", "truncated"}, ...}}``, also written to ``root/summary.json``.
+    """
+    unknown = [c for c in classes if c not in SHAPES]
+    if unknown:
+        raise ValueError(f"unknown classes {unknown}; choose from {SHAPES}")
+    bad_years = [y for y in years if str(y) not in ("2007", "2012")]
+    if bad_years:
+        raise ValueError(f"years must be '2007' and/or '2012', got {bad_years}")
+    summary = {"classes": list(classes), "seed": seed, "splits": {}}
+    for year in map(str, years):
+        base = os.path.join(root, f"VOC{year}")
+        for sub in ("JPEGImages", "Annotations", os.path.join("ImageSets", "Main")):
+            os.makedirs(os.path.join(base, sub), exist_ok=True)
+        splits = [("trainval", trainval_images)] + ([("test", test_images)] * (year == "2007"))
+        next_id = 1
+        for split, n in splits:
+            stats = {"images": n, "objects": dict.fromkeys(classes, 0)}
+            stats.update(difficult=0, truncated=0)
+            ids = []
+            for i in range(n):
+                rng = np.random.default_rng([seed, int(year), _SPLIT_IDS[split], i])
+                w, h = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
+                img, objects = render_detection_image(rng, w, h, classes, max_objects)
+                fileid = f"{next_id:06d}" if year == "2007" else f"{year}_{next_id:06d}"
+                next_id += 1
+                ids.append(fileid)
+                with open(os.path.join(base, "JPEGImages", fileid + ".jpg"), "wb") as f:
+                    f.write(encode_jpeg(img, jpeg_quality))
+                xml = _annotation_xml(f"VOC{year}", fileid + ".jpg", w, h, objects)
+                ET.ElementTree(xml).write(os.path.join(base, "Annotations", fileid + ".xml"))
+                for obj in objects:
+                    stats["objects"][obj["name"]] += 1
+                    stats["difficult"] += obj["difficult"]
+                    stats["truncated"] += obj["truncated"]
+            with open(os.path.join(base, "ImageSets", "Main", split + ".txt"), "w") as f:
+                f.write("".join(i + "\n" for i in ids))
+            summary["splits"][f"VOC{year}/{split}"] = stats
+    with open(os.path.join(root, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    return summary
