@@ -1,0 +1,46 @@
+"""Pretraining checkpoints -> Detectron2 R50-C4 backbone (``.pkl``) and torchvision backbones.
+
+``load_backbone(path)`` is the single reader of every supported checkpoint format; the
+linear evaluation uses it too. ``convert_checkpoint`` is the pure conversion.
+"""
+
+from .converter import (
+    AUTHOR,
+    ConversionResult,
+    convert_checkpoint,
+    rename_to_detectron2,
+    save_detectron2_pkl,
+    save_torchvision_pth,
+    to_detectron2,
+)
+from .formats import (
+    FORMATS,
+    PRETRAIN_FORMAT_TAG,
+    CheckpointFormatError,
+    Extracted,
+    extract_backbone,
+    load_backbone,
+    load_checkpoint_file,
+)
+from .structure import RESNET50_BLOCKS, ResNetShape, ResNetStructureError, check_resnet50
+
+__all__ = [
+    "AUTHOR",
+    "FORMATS",
+    "PRETRAIN_FORMAT_TAG",
+    "RESNET50_BLOCKS",
+    "CheckpointFormatError",
+    "ConversionResult",
+    "Extracted",
+    "ResNetShape",
+    "ResNetStructureError",
+    "check_resnet50",
+    "convert_checkpoint",
+    "extract_backbone",
+    "load_backbone",
+    "load_checkpoint_file",
+    "rename_to_detectron2",
+    "save_detectron2_pkl",
+    "save_torchvision_pth",
+    "to_detectron2",
+]

@@ -1,0 +1,77 @@
+"""``moco-convert`` / ``python -m convert``: checkpoint -> detectron2 ``.pkl`` (or ``.pth``).
+
+Example::
+
+    python -m convert output/pretrain/last.pth output/r50_moco.pkl
+    python -m convert moco_v2_800ep_pretrain.pth.tar r50_moco.pkl          # reference release
+    python -m convert resnet50-0676ba61.pth r50_supervised.pkl             # torchvision
+    python -m convert simclr.pth r50.pkl --prefix module.encoder.          # other layouts
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from detectron2.utils.logger import setup_logger
+
+from .converter import convert_checkpoint, save_detectron2_pkl, save_torchvision_pth
+from .formats import FORMATS, CheckpointFormatError, load_checkpoint_file
+from .structure import ResNetStructureError
+
+logger = logging.getLogger("convert")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The converter's argument parser."""
+    p = argparse.ArgumentParser(
+        prog="moco-convert",
+        description="Convert a MoCo / torchvision ResNet-50 checkpoint to a Detectron2 R50-C4 "
+        "backbone (.pkl for MODEL.WEIGHTS) or a torchvision-named backbone (.pth).",
+    )
+    p.add_argument("input", help="checkpoint file (local path or iopath URI)")
+    p.add_argument(
+        "output",
+        help="'.pkl': detectron2 weights for MODEL.WEIGHTS; '.pth'/'.pt': the query backbone "
+        "with torchvision names (no fc) for other frameworks",
+    )
+    p.add_argument(
+        "--format",
+        default="auto",
+        choices=FORMATS,
+        help="input format; 'auto' recognises this project's pretraining checkpoints by their "
+        "'format' tag, the reference MoCo release by 'module.encoder_q.' keys and anything "
+        "else as a torchvision state dict. Only override when detection guesses wrong.",
+    )
+    p.add_argument(
+        "--prefix",
+        default=None,
+        help="key prefix of the encoder to keep, e.g. 'module.encoder.' or 'backbone.'; needed "
+        "when the checkpoint was not written by MoCo or torchvision (the error lists the "
+        "prefixes it saw)",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the converter; returns 0, or exits with a message naming the file and the fix."""
+    args = build_parser().parse_args(argv)
+    setup_logger(name="convert", abbrev_name="convert")
+    if not args.output.endswith((".pkl", ".pth", ".pt")):
+        sys.exit(f"error: {args.output}: output must end in .pkl (detectron2) or .pth/.pt")
+    try:
+        obj = load_checkpoint_file(args.input)
+        result = convert_checkpoint(obj, fmt=args.format, prefix=args.prefix, where=args.input)
+    except (CheckpointFormatError, ResNetStructureError) as e:
+        sys.exit(f"error: {e}")
+    if args.output.endswith(".pkl"):
+        save_detectron2_pkl(result.model, args.output)
+    else:
+        save_torchvision_pth(result.extracted.backbone, args.output)
+    logger.info("%s -> %s\n%s", args.input, args.output, result.report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
