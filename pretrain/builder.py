@@ -1,0 +1,233 @@
+"""The MoCo v1/v2 model: query and momentum key encoders, the queue and the InfoNCE logits.
+
+Follows the reference ``moco/builder.py``: the encoder is injected and each mechanism (momentum
+update, shuffle, unshuffle, enqueue) is one method. Differences, on purpose:
+
+- no hard ``.cuda()`` and no DDP-only assumption: collectives are identity at world size 1;
+- a global batch that does not divide K wraps around the queue;
+- split BN for one process: the key batch is shuffled and its BN statistics are computed over
+  ``key_bn_splits`` sub-batches, so single-GPU/CPU runs get shuffle BN's protection;
+- optional BN in the MLP head and a symmetric loss (both directions), for short runs;
+- ``forward`` returns the loss and two collapse indicators, not just the logits.
+"""
+
+import functools
+from typing import Callable, Dict, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from detectron2.utils import comm
+
+from .distributed import broadcast_, concat_all_gather
+
+
+def build_encoder_factory(arch: str = "resnet50", **kwargs) -> Callable[..., nn.Module]:
+    """Return ``f(num_classes=...) -> nn.Module`` building torchvision ``arch`` with ``kwargs``.
+
+    ``kwargs`` go to the torchvision constructor, e.g. ``width_per_group=16`` for a thin
+    ResNet-50 that keeps every key name of the full one, or ``zero_init_residual=True``.
+    """
+    if not hasattr(torchvision.models, arch) or not arch.startswith(("resnet", "resnext", "wide")):
+        raise ValueError(
+            f"MODEL.ARCH={arch!r} is not a torchvision ResNet; use e.g. resnet50, resnet18"
+        )
+    return functools.partial(getattr(torchvision.models, arch), weights=None, **kwargs)
+
+
+def _mlp_head(fc: nn.Linear, hidden: int, head_bn: bool) -> nn.Sequential:
+    """Linear(d, hidden) [-BN] -ReLU- fc; without BN the keys are fc.0 / fc.2 (reference)."""
+    dim_in = fc.weight.shape[1]
+    if hidden != dim_in:  # the output layer now reads the hidden width
+        fc = nn.Linear(hidden, fc.out_features)
+    layers = [nn.Linear(dim_in, hidden)]
+    if head_bn:
+        layers.append(nn.BatchNorm1d(hidden))
+    layers += [nn.ReLU(inplace=True), fc]
+    return nn.Sequential(*layers)
+
+
+class MoCo(nn.Module):
+    """MoCo with a query encoder, a momentum key encoder and a queue of K negative keys.
+
+    Args:
+        base_encoder: ``f(num_classes=dim) -> nn.Module`` whose ``fc`` is the output layer
+            (a torchvision ResNet); see :func:`build_encoder_factory`.
+        dim: embedding dimension C (128).
+        K: queue length (65536); any positive value, it need not be a multiple of the batch.
+        m: momentum of the key encoder update (0.999).
+        T: softmax temperature (0.07 for v1, 0.2 for v2).
+        mlp: use the v2 MLP head instead of the v1 linear head.
+        mlp_hidden: hidden width of the MLP head; 0 means the encoder's feature width (2048).
+        head_bn: put a BatchNorm1d after the first MLP layer (not in the paper).
+        shuffle_bn: shuffle the key batch across processes (no effect in one process).
+        key_bn_splits: number of sub-batches over which the key encoder's BN statistics are
+            computed in each process (1 = whole per-process batch). >1 gives split BN.
+        symmetric: add the loss with the roles of the two views swapped (2x compute).
+    """
+
+    def __init__(
+        self,
+        base_encoder: Callable[..., nn.Module],
+        dim: int = 128,
+        K: int = 65536,
+        m: float = 0.999,
+        T: float = 0.07,
+        mlp: bool = False,
+        mlp_hidden: int = 0,
+        head_bn: bool = False,
+        shuffle_bn: bool = True,
+        key_bn_splits: int = 1,
+        symmetric: bool = False,
+    ):
+        super().__init__()
+        if K <= 0:
+            raise ValueError(f"MODEL.K must be positive, got {K}")
+        if key_bn_splits < 1:
+            raise ValueError(f"MODEL.KEY_BN_SPLITS must be >= 1, got {key_bn_splits}")
+        self.K, self.m, self.T = K, m, T
+        self.shuffle_bn, self.key_bn_splits, self.symmetric = shuffle_bn, key_bn_splits, symmetric
+
+        self.encoder_q = base_encoder(num_classes=dim)
+        self.encoder_k = base_encoder(num_classes=dim)
+        if mlp:
+            hidden = mlp_hidden or self.encoder_q.fc.weight.shape[1]
+            self.encoder_q.fc = _mlp_head(self.encoder_q.fc, hidden, head_bn)
+            self.encoder_k.fc = _mlp_head(self.encoder_k.fc, hidden, head_bn)
+
+        for param_q, param_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
+            param_k.data.copy_(param_q.data)
+            param_k.requires_grad = False  # updated by momentum, never by gradient
+
+        self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))  # CxK
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    @torch.no_grad()
+    def _momentum_update_key_encoder(self) -> None:
+        """k <- m*k + (1-m)*q over parameters only; BN buffers of the key encoder are its own."""
+        for param_q, param_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
+            param_k.data.mul_(self.m).add_(param_q.data, alpha=1.0 - self.m)
+
+    @torch.no_grad()
+    def _dequeue_and_enqueue(self, keys: torch.Tensor) -> None:
+        """Write the keys of all processes (N x C each) into the queue, wrapping around at K."""
+        keys = concat_all_gather(keys)  # (world*N) x C
+        if keys.shape[0] > self.K:  # a batch larger than the queue: keep the newest K
+            keys = keys[-self.K :]
+        n = keys.shape[0]
+        ptr = int(self.queue_ptr)
+        idx = (ptr + torch.arange(n, device=keys.device)) % self.K
+        self.queue[:, idx] = keys.T.to(self.queue.dtype)
+        self.queue_ptr[0] = (ptr + n) % self.K
+
+    @torch.no_grad()
+    def _batch_shuffle_ddp(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Shuffle the global batch across processes; return this rank's part and the inverse.
+
+        x: NxCxHxW on each rank -> NxCxHxW (samples from any rank), idx_unshuffle: (world*N).
+        """
+        x_gather = concat_all_gather(x)  # (world*N)xCxHxW
+        n_all = x_gather.shape[0]
+        idx_shuffle = torch.randperm(n_all, device=x.device)
+        broadcast_(idx_shuffle, src=0)  # every rank must use rank 0's permutation
+        idx_unshuffle = torch.argsort(idx_shuffle)
+        idx_this = idx_shuffle.view(comm.get_world_size(), -1)[comm.get_rank()]
+        return x_gather[idx_this], idx_unshuffle
+
+    @torch.no_grad()
+    def _batch_unshuffle_ddp(self, x: torch.Tensor, idx_unshuffle: torch.Tensor) -> torch.Tensor:
+        """Undo :meth:`_batch_shuffle_ddp`: NxC (shuffled) -> NxC in this rank's original order."""
+        x_gather = concat_all_gather(x)  # (world*N)xC
+        idx_this = idx_unshuffle.view(comm.get_world_size(), -1)[comm.get_rank()]
+        return x_gather[idx_this]
+
+    @torch.no_grad()
+    def _split_bn_forward(self, encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Run ``encoder`` on a random permutation of x (NxCxHxW) in ``key_bn_splits`` chunks.
+
+        Each chunk's BN statistics come from N/splits random samples, so the positive pair of a
+        query (computed with statistics of the whole batch) cannot be found through them.
+        Returns NxC in the original order.
+        """
+        splits = self.key_bn_splits
+        if x.shape[0] % splits:
+            raise ValueError(
+                f"per-process batch {x.shape[0]} is not divisible by MODEL.KEY_BN_SPLITS={splits}"
+            )
+        perm = torch.randperm(x.shape[0], device=x.device)
+        out = torch.cat([encoder(chunk) for chunk in x[perm].chunk(splits)], dim=0)
+        return out[torch.argsort(perm)]
+
+    @torch.no_grad()
+    def _keys(self, im_k: torch.Tensor) -> torch.Tensor:
+        """Keys for a batch of key views: NxCxHxW -> NxC, L2-normalised, with shuffle BN."""
+        across = self.shuffle_bn and comm.get_world_size() > 1
+        if across:
+            im_k, idx_unshuffle = self._batch_shuffle_ddp(im_k)
+        if self.key_bn_splits > 1:
+            k = self._split_bn_forward(self.encoder_k, im_k)
+        else:
+            k = self.encoder_k(im_k)
+        k = F.normalize(k.float(), dim=1)  # NxC
+        if across:
+            k = self._batch_unshuffle_ddp(k, idx_unshuffle)
+        return k
+
+    def _contrast(self, q: torch.Tensor, k: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """InfoNCE of normalised queries q (NxC) against keys k (NxC) and the queue.
+
+        Returns (loss, logits N x (1+K)); the positive is column 0.
+        """
+        l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)  # Nx1
+        # clone: the queue is written in place after the loss, and autograd must not see that
+        l_neg = torch.einsum("nc,ck->nk", q, self.queue.clone().detach())  # NxK
+        logits = torch.cat([l_pos, l_neg], dim=1) / self.T  # Nx(1+K)
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        return F.cross_entropy(logits, labels), logits
+
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """One MoCo step's forward pass on two views (each NxCxHxW) of the same N images.
+
+        Returns a dict: ``loss`` (scalar, differentiable), ``logits`` (Nx(1+K), detached, of the
+        q->k direction), ``emb_std`` (mean per-dimension std of the normalised queries across
+        the batch; ~1/sqrt(C) when spread out, ->0 on collapse) and ``neg_cos`` (mean cosine of
+        queries to the queue; ->1 on collapse). The queue is updated before returning.
+        """
+        q = F.normalize(self.encoder_q(im_q).float(), dim=1)  # NxC
+        with torch.no_grad():
+            self._momentum_update_key_encoder()
+            k = self._keys(im_k)  # NxC
+        loss, logits = self._contrast(q, k)
+        new_keys = k
+        if self.symmetric:
+            q2 = F.normalize(self.encoder_q(im_k).float(), dim=1)  # NxC
+            with torch.no_grad():
+                k2 = self._keys(im_q)  # NxC
+            loss = loss + self._contrast(q2, k2)[0]
+            new_keys = torch.cat([k, k2], dim=0)  # 2NxC
+        with torch.no_grad():
+            emb_std = q.std(dim=0).mean() if q.shape[0] > 1 else q.new_zeros(())
+            neg_cos = (logits[:, 1:] * self.T).mean()
+        self._dequeue_and_enqueue(new_keys)
+        return {"loss": loss, "logits": logits.detach(), "emb_std": emb_std, "neg_cos": neg_cos}
+
+
+def build_moco(cfg) -> MoCo:
+    """Build :class:`MoCo` from a pretraining config (see ``pretrain.config``)."""
+    kwargs = {"zero_init_residual": cfg.MODEL.ZERO_INIT_RESIDUAL}
+    if cfg.MODEL.WIDTH_PER_GROUP > 0:
+        kwargs["width_per_group"] = cfg.MODEL.WIDTH_PER_GROUP
+    return MoCo(
+        build_encoder_factory(cfg.MODEL.ARCH, **kwargs),
+        dim=cfg.MODEL.DIM,
+        K=cfg.MODEL.K,
+        m=cfg.MODEL.M,
+        T=cfg.MODEL.T,
+        mlp=cfg.MODEL.MLP,
+        mlp_hidden=cfg.MODEL.MLP_HIDDEN_DIM,
+        head_bn=cfg.MODEL.HEAD_BN,
+        shuffle_bn=cfg.MODEL.SHUFFLE_BN,
+        key_bn_splits=cfg.MODEL.KEY_BN_SPLITS,
+        symmetric=cfg.MODEL.SYMMETRIC,
+    )

@@ -1,0 +1,128 @@
+"""Pretraining configuration: a detectron2-style CfgNode with a comment on every key.
+
+Defaults are MoCo v2 on ImageNet (case (d) of the paper's ablation: MLP head, aug+, cosine lr,
+200 epochs, batch 256 over 8 GPUs). YAML files in ``configs/pretrain/`` override them.
+"""
+
+from detectron2.config import CfgNode as CN
+
+_C = CN()
+_C.VERSION = 1  # config format version, for future migrations
+
+_C.MODEL = CN()
+_C.MODEL.ARCH = "resnet50"  # any torchvision ResNet constructor name
+# ResNet bottleneck width per group; 64 is ResNet-50. 16 gives a thin ResNet-50 with the same
+# key names (cheap CPU runs that still convert to R50-C4). 0 = the constructor's default.
+_C.MODEL.WIDTH_PER_GROUP = 64
+_C.MODEL.ZERO_INIT_RESIDUAL = False  # zero-init the last BN of each block (helps short runs)
+_C.MODEL.DIM = 128  # embedding dimension C of the keys and queries
+_C.MODEL.MLP = True  # v2 MLP head (Linear-ReLU-Linear); False = v1 linear head
+_C.MODEL.MLP_HIDDEN_DIM = 0  # hidden width of the MLP head; 0 = backbone width (2048 for R50)
+_C.MODEL.HEAD_BN = False  # BatchNorm1d after the first head layer (not in the paper)
+_C.MODEL.K = 65536  # queue length; keep it well below the number of training images
+_C.MODEL.M = 0.999  # key encoder momentum; lower it (0.99) for runs of a few thousand steps
+_C.MODEL.T = 0.2  # softmax temperature (0.2 for v2, 0.07 for v1)
+_C.MODEL.SHUFFLE_BN = True  # shuffle the key batch across processes (shuffle BN)
+# Sub-batches per process over which key BN statistics are computed. In a single process
+# shuffling alone changes nothing, so set this > 1 there (e.g. 8 for batch 256 on one GPU).
+_C.MODEL.KEY_BN_SPLITS = 1
+_C.MODEL.SYMMETRIC = False  # also use the loss with the two views swapped (2x compute)
+_C.MODEL.DEVICE = ""  # "cpu", "cuda" or "" = CUDA when available
+
+_C.INPUT = CN()
+_C.INPUT.AUG = "aug+"  # "aug+" (v2: blur, jitter p=0.8) or "v1" (jitter 0.4 x4, no blur)
+_C.INPUT.SIZE = 224  # crop size fed to the network
+_C.INPUT.CROP_SCALE = (0.2, 1.0)  # RandomResizedCrop area range
+# Batched tensor augmentation on the training device instead of per-image PIL: images are
+# decoded once at LOAD_SIZE and cropped/jittered/blurred as whole batches. Much faster for tiny
+# CPU runs and for feeding GPUs; crops come from a LOAD_SIZE square, not the full image.
+_C.INPUT.BATCHED_AUG = False
+_C.INPUT.LOAD_SIZE = 0  # square size images are decoded to for BATCHED_AUG; 0 = 1.15 x SIZE
+
+_C.DATA = CN()
+_C.DATA.TRAIN = ""  # ImageFolder root (class sub-folders) or a text file with one path a line
+_C.DATA.NUM_WORKERS = 8  # loader processes per training process; raise until data time ~0
+# Labelled ImageFolder roots for the kNN monitor (both needed; empty = no monitor).
+_C.DATA.KNN_TRAIN = ""
+_C.DATA.KNN_VAL = ""
+
+_C.SOLVER = CN()
+_C.SOLVER.BATCH_SIZE = 256  # global batch over all processes
+_C.SOLVER.EPOCHS = 200
+# lr; 0.0 means auto: REFERENCE_LR * BATCH_SIZE / REFERENCE_BATCH (linear scaling rule)
+_C.SOLVER.BASE_LR = 0.0
+_C.SOLVER.REFERENCE_LR = 0.03  # lr at REFERENCE_BATCH for the linear scaling rule
+_C.SOLVER.REFERENCE_BATCH = 256
+_C.SOLVER.MOMENTUM = 0.9  # SGD momentum
+_C.SOLVER.WEIGHT_DECAY = 1e-4
+_C.SOLVER.SCHEDULE = "cosine"  # "cosine" (v2), "step" (v1) or "constant"
+_C.SOLVER.STEPS = (120, 160)  # epochs at which "step" multiplies the lr by GAMMA
+_C.SOLVER.GAMMA = 0.1
+_C.SOLVER.WARMUP_EPOCHS = 0.0  # linear warm-up length in epochs (fractions allowed)
+_C.SOLVER.WARMUP_ITERS = 0  # linear warm-up length in iterations (added to WARMUP_EPOCHS)
+# Mixed precision on CUDA: "bf16", "fp16" (with a grad scaler) or "" (fp32). Ignored on CPU.
+_C.SOLVER.AMP = "bf16"
+_C.SOLVER.CHANNELS_LAST = True  # channels_last memory format on CUDA (faster convs)
+# Stop after this many iterations per epoch (0 = full epoch); for smoke runs and benchmarks.
+_C.SOLVER.MAX_ITERS_PER_EPOCH = 0
+
+_C.TEST = CN()
+_C.TEST.KNN_PERIOD = 0  # run the kNN monitor every N epochs (0 = never; also at the end)
+_C.TEST.KNN_K = 20  # neighbours for weighted kNN
+_C.TEST.KNN_T = 0.07  # temperature of the kNN neighbour weights exp(sim / T)
+_C.TEST.KNN_SIZE = 0  # kNN image size (resize 1.14x then center crop); 0 = INPUT.SIZE
+
+_C.CHECKPOINT_PERIOD = 10  # save checkpoint_<epoch>.pth every N epochs (last.pth every epoch)
+_C.LOG_PERIOD = 20  # iterations between metric writes (progress line, metrics.json, TB)
+_C.OUTPUT_DIR = "./output/pretrain"
+_C.SEED = 0  # data order and augmentation are a function of (SEED, epoch, rank)
+_C.CUDNN_BENCHMARK = True  # let cuDNN pick conv algorithms (fixed input sizes)
+
+
+def get_pretrain_cfg() -> CN:
+    """Return a fresh copy of the default pretraining config (MoCo v2, case (d))."""
+    return _C.clone()
+
+
+def effective_lr(cfg: CN) -> float:
+    """The base lr used for training: SOLVER.BASE_LR, or the linear scaling rule if it is 0."""
+    if cfg.SOLVER.BASE_LR > 0:
+        return float(cfg.SOLVER.BASE_LR)
+    return cfg.SOLVER.REFERENCE_LR * cfg.SOLVER.BATCH_SIZE / cfg.SOLVER.REFERENCE_BATCH
+
+
+def load_cfg(config_file: str = "", opts=()) -> CN:
+    """Defaults, merged with ``config_file`` (if any) and trailing ``KEY VALUE`` ``opts``."""
+    cfg = get_pretrain_cfg()
+    if config_file:
+        cfg.merge_from_file(config_file)
+    if opts:
+        cfg.merge_from_list(list(opts))
+    validate_cfg(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def validate_cfg(cfg: CN) -> None:
+    """Raise ValueError naming the key and the fix for values that cannot work."""
+    checks = [
+        (cfg.MODEL.K > 0, "MODEL.K must be a positive queue length (e.g. 65536, or 1024 tiny)"),
+        (0.0 <= cfg.MODEL.M < 1.0, "MODEL.M must be in [0, 1) (0.999 for ImageNet)"),
+        (cfg.MODEL.T > 0, "MODEL.T must be > 0 (0.2 for v2, 0.07 for v1)"),
+        (cfg.MODEL.KEY_BN_SPLITS >= 1, "MODEL.KEY_BN_SPLITS must be >= 1"),
+        (cfg.SOLVER.BATCH_SIZE > 0, "SOLVER.BATCH_SIZE must be > 0"),
+        (cfg.SOLVER.EPOCHS > 0, "SOLVER.EPOCHS must be > 0"),
+        (cfg.INPUT.AUG in ("aug+", "v1"), "INPUT.AUG must be 'aug+' or 'v1'"),
+        (
+            cfg.SOLVER.SCHEDULE in ("cosine", "step", "constant"),
+            "SOLVER.SCHEDULE must be 'cosine', 'step' or 'constant'",
+        ),
+        (cfg.SOLVER.AMP in ("", "bf16", "fp16"), "SOLVER.AMP must be '', 'bf16' or 'fp16'"),
+        (
+            bool(cfg.DATA.KNN_TRAIN) == bool(cfg.DATA.KNN_VAL),
+            "DATA.KNN_TRAIN and DATA.KNN_VAL must be set together (or both left empty)",
+        ),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ValueError(f"invalid pretraining config: {msg}")
