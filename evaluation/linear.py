@@ -1,0 +1,360 @@
+"""Linear classification of a frozen pretrained ResNet-50 (``moco-lincls``).
+
+The protocol (docs and RECIPE): frozen backbone with BN in eval mode, a fresh fc (N(0, 0.01),
+bias 0), SGD lr 30 momentum 0.9 weight decay 0, 100 epochs, lr x0.1 at 60 and 80, batch 256,
+RandomResizedCrop + flip for training, Resize(crop*256/224) + CenterCrop(crop) for the 1-crop
+top-1/top-5. After training, every backbone tensor is compared with the pretrained one.
+
+    moco-lincls --checkpoint output/pretrain/last.pth --data datasets/imagenet --output-dir out
+    moco-lincls --checkpoint last.pth --data synth --crop-size 64 --cached-features   # fast
+    moco-lincls --checkpoint last.pth --data synth --output-dir out --evaluate
+
+Any checkpoint :func:`convert.load_backbone` reads works: this project's pretraining files, the
+reference MoCo release and torchvision weights. ``--cached-features`` extracts features once
+(cached, see :mod:`evaluation.features`) and trains the head on them without augmentation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+import torchvision.transforms as T
+from detectron2.engine import launch
+from detectron2.utils import comm
+from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
+from detectron2.utils.file_io import PathManager
+from detectron2.utils.logger import setup_logger
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .features import lr_at_epoch, make_linear_head, topk_accuracy
+from .knn import backbone_features
+
+logger = logging.getLogger("evaluation.linear")  # not __name__: "__main__" under -m
+LAST = "last.pth"
+FORMAT = "moco-detectron2/lincls/v1"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``moco-lincls``; defaults are the paper's ImageNet protocol."""
+    p = argparse.ArgumentParser(prog="moco-lincls", description=__doc__.split("\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="pretraining / MoCo release / torchvision file")
+    src.add_argument("--random-init", action="store_true", help="baseline: untrained backbone")
+    p.add_argument("--format", default="auto", help="checkpoint format; see moco-convert --help")
+    p.add_argument("--prefix", default=None, help="encoder key prefix when not auto-detected")
+    p.add_argument("--width-per-group", type=int, default=64, help="--random-init only (16=thin)")
+    p.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
+    p.add_argument("--output-dir", default="output/lincls", help="last.pth, metrics, results")
+    p.add_argument("--epochs", type=int, default=100, help="100 in the protocol")
+    p.add_argument(
+        "--schedule", type=int, nargs="*", default=[60, 80], help="epochs where lr drops x0.1"
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=30.0,
+        help="30 for batch 256 (MoCo features have a small norm, hence the large lr); scale "
+        "it linearly if you change --batch-size, and sweep it with --cached-features",
+    )
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=0.0, help="0 in the protocol")
+    p.add_argument(
+        "--batch-size", type=int, default=256, help="total over all processes (divided per GPU)"
+    )
+    p.add_argument(
+        "--crop-size",
+        type=int,
+        default=224,
+        help="train/eval crop; eval resizes to crop*256/224 first. Use the image size for "
+        "small images (64 for the synthetic set)",
+    )
+    p.add_argument("--workers", type=int, default=4, help="data loader processes per GPU")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="", help="cpu or cuda (default: cuda if available)")
+    p.add_argument("--evaluate", action="store_true", help="only evaluate the head in last.pth")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing last.pth")
+    p.add_argument(
+        "--cached-features",
+        action="store_true",
+        help="fast sweep path: features once (cached in <output-dir>/features), no augmentation",
+    )
+    p.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
+    p.add_argument("--num-machines", type=int, default=1)
+    p.add_argument("--machine-rank", type=int, default=0)
+    p.add_argument("--dist-url", default="auto", help="e.g. tcp://host:port for several machines")
+    return p
+
+
+def load_backbone_model(args) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """The frozen torchvision ResNet-50 and a CPU copy of its weights for the sanity check.
+
+    Reads any supported checkpoint through :func:`convert.load_backbone` (format detection
+    lives there only); the torchvision network is built at the detected width.
+    """
+    from convert import check_resnet50, load_backbone
+
+    if args.random_init:
+        torch.manual_seed(args.seed)
+        net = torchvision.models.resnet50(width_per_group=args.width_per_group)
+        sd = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    else:
+        sd, ext = load_backbone(args.checkpoint, fmt=args.format, prefix=args.prefix)
+        shape = check_resnet50(sd)
+        if (shape.stem_out_channels, shape.res2_out_channels) != (64, 256):
+            raise ValueError(f"{args.checkpoint}: {shape.describe()}; torchvision cannot build it")
+        net = torchvision.models.resnet50(
+            width_per_group=shape.width_per_group, groups=shape.num_groups
+        )
+        missing, unexpected = net.load_state_dict(sd, strict=False)
+        if unexpected or any(not k.startswith("fc.") for k in missing):
+            raise RuntimeError(f"{args.checkpoint}: missing {missing}, unexpected {unexpected}")
+        logger.info("Loaded %s (format %s, prefix '%s')", args.checkpoint, ext.fmt, ext.prefix)
+    reference = {k: v.detach().clone() for k, v in net.state_dict().items() if "fc." not in k}
+    reference = {k: v for k, v in reference.items() if not k.endswith("num_batches_tracked")}
+    net.fc = nn.Identity()  # the head lives outside, so only it is DDP-wrapped and trained
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval(), reference
+
+
+def check_backbone_unchanged(backbone: nn.Module, reference: dict[str, torch.Tensor]) -> None:
+    """Raise ``RuntimeError`` naming the first backbone tensor that differs from ``reference``.
+
+    ``reference``: torchvision-named tensors as loaded (without fc / num_batches_tracked).
+    """
+    state = backbone.state_dict()
+    for name, want in reference.items():
+        if name not in state or not torch.equal(state[name].cpu(), want.cpu()):
+            raise RuntimeError(f"backbone tensor '{name}' changed during linear training")
+    logger.info("Sanity check passed: %d backbone tensors unchanged", len(reference))
+
+
+def build_loaders(args, world: int, rank: int):
+    """ImageFolder train (RandomResizedCrop + flip) and val (resize + center crop) loaders."""
+    from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+
+    train_tf = T.Compose(
+        [
+            T.RandomResizedCrop(args.crop_size),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    ImageFolder = torchvision.datasets.ImageFolder
+    train_set = ImageFolder(os.path.join(args.data, "train"), train_tf)
+    val_set = ImageFolder(os.path.join(args.data, "val"), eval_transform(args.crop_size))
+    if train_set.classes != val_set.classes:
+        raise ValueError(f"{args.data}: train/ and val/ class folders differ")
+    per_gpu = max(1, args.batch_size // world)
+    loaders = []
+    for ds, train in ((train_set, True), (val_set, False)):
+        sampler = DistributedSampler(ds, world, rank, shuffle=train, seed=args.seed)
+        loaders.append(
+            DataLoader(
+                ds,
+                batch_size=per_gpu,
+                sampler=sampler,
+                num_workers=args.workers,
+                drop_last=False,
+                persistent_workers=args.workers > 0,
+            )
+        )
+    return train_set, val_set, loaders[0], loaders[1]
+
+
+def train_one_epoch(backbone, head, loader, optimizer, device) -> float:
+    """One epoch of the head on frozen features; returns the mean loss on this process."""
+    backbone.eval()  # BN statistics of the backbone must never update
+    total, count = 0.0, 0
+    for images, target in loader:
+        images, target = images.to(device), target.to(device)
+        with torch.no_grad():
+            feats = backbone_features(backbone, images)
+        loss = F.cross_entropy(head(feats), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, count = total + loss.item() * target.numel(), count + target.numel()
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(backbone, head, loader, device) -> tuple[float, float]:
+    """1-crop top-1 / top-5 (0..1) over the whole val set, summed over all processes."""
+    backbone.eval()
+    hits, n = torch.zeros(2), 0
+    for images, target in loader:
+        logits = head(backbone_features(backbone, images.to(device))).cpu()
+        hits += torch.tensor(topk_accuracy(logits, target)) * target.numel()
+        n += target.numel()
+    parts = comm.all_gather((hits, n))  # identity at world size 1
+    total = sum(p[1] for p in parts)
+    top1, top5 = (sum(p[0] for p in parts) / max(total, 1)).tolist()
+    return top1, top5
+
+
+def _finish(args, result: dict) -> dict:
+    metrics = ("top1", "top5", "knn_top1")
+    line = ", ".join(f"{k} {result[k]:.4f}" for k in metrics if k in result)
+    logger.info("Linear evaluation (%s) of %s: %s", result["mode"], result["source"], line)
+    if comm.is_main_process():
+        with PathManager.open(os.path.join(args.output_dir, "results.json"), "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+def _save_last(args, head, optimizer, epoch: int, key: str, result: dict) -> None:
+    """Save the head (not the frozen backbone) from the main process, atomically."""
+    if not comm.is_main_process():
+        return
+    ckpt = {
+        "head": head.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "epoch": epoch,
+        "backbone_hash": key,
+        "result": result,
+        "args": vars(args),
+        "format": FORMAT,
+    }
+    path = os.path.join(args.output_dir, LAST)
+    with PathManager.open(path + ".tmp", "wb") as f:
+        torch.save(ckpt, f)
+    os.replace(path + ".tmp", path)
+
+
+def _resume(args, head, optimizer, key: str) -> int:
+    """Load ``last.pth`` if present (and allowed); returns the epoch to start from."""
+    path = os.path.join(args.output_dir, LAST)
+    if args.no_resume or not PathManager.exists(path):
+        if args.evaluate:
+            raise FileNotFoundError(f"--evaluate: no trained head at {path}")
+        return 0
+    with PathManager.open(path, "rb") as f:
+        ckpt = torch.load(f, map_location="cpu", weights_only=False)
+    if ckpt.get("format") != FORMAT or ckpt.get("backbone_hash") != key:
+        raise ValueError(
+            f"{path} was trained on another backbone (or is not a linear-eval checkpoint); "
+            "use a fresh --output-dir or --no-resume"
+        )
+    head.load_state_dict(ckpt["head"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    logger.info("Resumed from %s at epoch %d", path, ckpt["epoch"])
+    return ckpt["epoch"]
+
+
+def run(args) -> dict:
+    """One process of the linear evaluation; returns the results dict (also results.json)."""
+    from .features import backbone_hash, evaluate_cached
+
+    world, rank = comm.get_world_size(), comm.get_rank()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        device = torch.device("cuda", comm.get_local_rank())
+    PathManager.mkdirs(args.output_dir)
+    for name in ("evaluation", "convert"):
+        setup_logger(args.output_dir, distributed_rank=rank, name=name)
+    torch.manual_seed(args.seed + rank)
+    backbone, reference = load_backbone_model(args)
+    backbone.to(device)
+    key = backbone_hash(reference)
+    source = "random-init" if args.random_init else args.checkpoint
+    base = {"source": source, "epochs": args.epochs, "lr": args.lr}
+    if args.cached_features:
+        if world > 1:
+            raise ValueError("--cached-features runs in one process; use --num-gpus 1")
+        res = evaluate_cached(
+            backbone,
+            key,
+            args.data,
+            os.path.join(args.output_dir, "features"),
+            crop_size=args.crop_size,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            device=device,
+            epochs=args.epochs,
+            lr=args.lr,
+            milestones=tuple(args.schedule),
+            momentum=args.momentum,
+            weight_decay=args.weight_decay,
+            seed=args.seed,
+        )
+        check_backbone_unchanged(backbone, reference)
+        res.pop("history")
+        return _finish(args, {"mode": "cached-features", **base, **res})
+
+    train_set, _, train_loader, val_loader = build_loaders(args, world, rank)
+    with torch.no_grad():
+        dim = backbone_features(backbone, train_set[0][0][None].to(device)).shape[1]
+    torch.manual_seed(args.seed)  # same head init on every process
+    head = make_linear_head(dim, len(train_set.classes)).to(device)
+    optimizer = torch.optim.SGD(
+        head.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
+    )
+    start = _resume(args, head, optimizer, key)
+    # Only the head is wrapped: the frozen backbone has no gradients to synchronise.
+    ddp_head = nn.parallel.DistributedDataParallel(head) if world > 1 else head
+    result = {"mode": "full", **base}
+    if args.evaluate:
+        top1, top5 = evaluate(backbone, head, val_loader, device)
+        check_backbone_unchanged(backbone, reference)
+        return _finish(args, {**result, "epoch": start, "top1": top1, "top5": top5})
+    writers = []
+    if comm.is_main_process():
+        writers = [
+            JSONWriter(os.path.join(args.output_dir, "metrics.json")),
+            TensorboardXWriter(args.output_dir),
+        ]
+    top1 = top5 = float("nan")
+    with EventStorage(start) as storage:
+        for epoch in range(start, args.epochs):
+            train_loader.sampler.set_epoch(epoch)
+            lr = lr_at_epoch(epoch, args.lr, args.schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss = train_one_epoch(backbone, ddp_head, train_loader, optimizer, device)
+            top1, top5 = evaluate(backbone, head, val_loader, device)
+            storage.iter = epoch + 1
+            storage.put_scalars(lr=lr, train_loss=loss, top1=top1, top5=top5, smoothing_hint=False)
+            for w in writers:
+                w.write()
+            logger.info(
+                "epoch %d/%d lr %g loss %.4f top1 %.4f top5 %.4f",
+                epoch + 1,
+                args.epochs,
+                lr,
+                loss,
+                top1,
+                top5,
+            )
+            _save_last(args, head, optimizer, epoch + 1, key, {"top1": top1, "top5": top5})
+    for w in writers:
+        w.close()
+    if start >= args.epochs:  # resumed a finished run: report its head
+        top1, top5 = evaluate(backbone, head, val_loader, device)
+    check_backbone_unchanged(backbone, reference)
+    return _finish(args, {**result, "top1": top1, "top5": top5})
+
+
+def main(argv=None) -> dict | None:
+    """CLI entry point: parse, then run on every process (detectron2 ``launch``)."""
+    args = build_parser().parse_args(argv)
+    return launch(
+        run,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    main()
