@@ -1,0 +1,119 @@
+"""Train (or evaluate) one detector of the MoCo detection-transfer recipe.
+
+    python -m detection.train_net --config-file configs/detection/pascal_voc_R_50_C4_24k_moco.yaml \
+        --num-gpus 8 MODEL.WEIGHTS output/moco_v2_200ep.pkl
+    python -m detection.train_net --config-file ... --resume        # continue from last_checkpoint
+    python -m detection.train_net --config-file ... --eval-only MODEL.WEIGHTS model_final.pth
+
+The main process writes ``<OUTPUT_DIR>/final_metrics.json`` (evaluation results, seed, trial)
+once training and the final evaluation are done; ``detection.trials`` treats that file as the
+mark of a finished run.
+"""
+
+import json
+import logging
+import os
+
+import detectron2.utils.comm as comm
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.utils.logger import setup_logger
+from iopath.common.file_io import g_pathmgr
+
+import detection  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
+from detection.config import add_moco_detection_config, resolve_single_process
+from detection.datasets import register_from_config
+
+FINAL_METRICS = "final_metrics.json"
+logger = logging.getLogger("detection.train_net")  # not __name__: "__main__" under -m
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with the evaluator chosen by the test set's ``evaluator_type``."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """Return PascalVOCDetectionEvaluator ("pascal_voc") or COCOEvaluator ("coco")."""
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", None)
+        if evaluator_type == "pascal_voc":
+            return PascalVOCDetectionEvaluator(dataset_name)
+        if evaluator_type == "coco":
+            output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+            return COCOEvaluator(dataset_name, output_dir=output_folder)
+        raise NotImplementedError(f"no evaluator for {dataset_name} (type {evaluator_type})")
+
+
+def setup(args):
+    """Build the frozen config from ``args`` (config file + KEY VALUE overrides), adjust it to
+    the number of processes, register the data sets it names and set up logging/seeding."""
+    cfg = get_cfg()
+    add_moco_detection_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    notes = resolve_single_process(cfg, comm.get_world_size())
+    cfg.freeze()
+    default_setup(cfg, args)  # logger, seed (SEED + rank), config.yaml in OUTPUT_DIR
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detection")
+    for note in notes:
+        logger.info("Config adjusted: %s", note)
+    register_from_config(cfg)
+    return cfg
+
+
+def write_final_metrics(cfg, results):
+    """Write ``results`` with the seed and trial index to ``<OUTPUT_DIR>/final_metrics.json``
+    (main process only; written to a temporary name first so a kill never leaves half a file).
+    """
+    if not comm.is_main_process():
+        return
+    record = {
+        "results": results,
+        "seed": cfg.SEED,
+        "trial": cfg.TRANSFER.TRIAL,
+        "max_iter": cfg.SOLVER.MAX_ITER,
+        "weights": cfg.MODEL.WEIGHTS,
+    }
+    path = os.path.join(cfg.OUTPUT_DIR, FINAL_METRICS)
+    with g_pathmgr.open(path + ".tmp", "w") as f:
+        json.dump(record, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def run(args):
+    """Per-process body launched by detectron2's ``launch``: train then evaluate, or evaluate
+    only. Returns the evaluation results ({"bbox": {"AP", "AP50", "AP75", ...}})."""
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        return Trainer.test(cfg, model)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    if trainer.start_iter == 0 and not cfg.MODEL.WEIGHTS:
+        logger.warning("MODEL.WEIGHTS is empty: the detector starts from random initialisation")
+    results = trainer.train()
+    write_final_metrics(cfg, results)
+    return results
+
+
+def main(argv=None):
+    """Command-line entry point (``moco-detect``): parse ``argv`` and launch :func:`run` on
+    ``--num-gpus`` processes per machine. Returns None."""
+    args = default_argument_parser().parse_args(argv)
+    launch(
+        run,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    main()
