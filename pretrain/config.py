@@ -7,7 +7,9 @@ Defaults are MoCo v2 on ImageNet (case (d) of the paper's ablation: MLP head, au
 from detectron2.config import CfgNode as CN
 
 _C = CN()
-_C.VERSION = 1  # config format version, for future migrations
+# detectron2's CfgNode only merges YAML files into configs of its latest version (2); every
+# YAML here states VERSION 2 so detectron2 does not try to guess and upgrade it.
+_C.VERSION = 2
 
 _C.MODEL = CN()
 _C.MODEL.ARCH = "resnet50"  # any torchvision ResNet constructor name

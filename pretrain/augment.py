@@ -1,0 +1,172 @@
+"""MoCo augmentations: per-image torchvision presets and a batched tensor path.
+
+The per-image presets are the recipe's v1 augmentation and v2's aug+. The batched path does the
+same kinds of operations on whole uint8 batches (crops through ``roi_align``, per-sample jitter,
+grayscale, blur, flip) on the training device, which is much cheaper than per-image PIL work at
+small sizes and on GPUs.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+from torchvision.ops import roi_align
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def blur_kernel_size(size: int) -> int:
+    """Odd Gaussian kernel size of ~10% of the image (23 at 224, as in SimCLR), at least 3."""
+    return max(3, int(0.1 * size) // 2 * 2 + 1)
+
+
+def moco_transform(aug: str = "aug+", size: int = 224, scale=(0.2, 1.0)) -> T.Compose:
+    """The per-image MoCo augmentation ("aug+" for v2, "v1" for v1) at crop ``size``.
+
+    Input: a PIL image; output: a normalised float tensor 3 x size x size. The reference blurs
+    with PIL's radius-sigma filter; torchvision's GaussianBlur needs a finite kernel, and ~10% of
+    the image covers +-2.5 sigma at sigma 2 for 224 px.
+    """
+    normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    crop = T.RandomResizedCrop(size, scale=tuple(scale))
+    if aug == "aug+":
+        ops = [
+            crop,
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+            T.RandomApply([T.GaussianBlur(blur_kernel_size(size), sigma=(0.1, 2.0))], p=0.5),
+            T.RandomHorizontalFlip(),
+        ]
+    elif aug == "v1":
+        ops = [
+            crop,
+            T.RandomGrayscale(p=0.2),
+            T.ColorJitter(0.4, 0.4, 0.4, 0.4),
+            T.RandomHorizontalFlip(),
+        ]
+    else:
+        raise ValueError(f"INPUT.AUG={aug!r}: use 'aug+' or 'v1'")
+    return T.Compose(ops + [T.ToTensor(), normalize])
+
+
+class TwoCropsTransform:
+    """Apply ``base_transform`` twice to one image -> [query view, key view]."""
+
+    def __init__(self, base_transform):
+        self.base_transform = base_transform
+
+    def __call__(self, x):
+        return [self.base_transform(x), self.base_transform(x)]
+
+
+def eval_transform(size: int = 224) -> T.Compose:
+    """Resize(size*256/224) + CenterCrop(size) + normalise, for kNN / linear evaluation."""
+    return T.Compose(
+        [
+            T.Resize(int(round(size * 256 / 224))),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+class BatchedMocoAug:
+    """Batched aug+ / v1 on uint8 tensors: Bx3xHxW (0..255) -> Bx3xSxS normalised float.
+
+    Per sample, as in the per-image presets: a RandomResizedCrop box (area ``scale``, log-uniform
+    aspect 3/4..4/3), colour jitter with random strengths (brightness, contrast, saturation, and
+    hue as a rotation in YIQ space, a cheap stand-in for HSV), random grayscale, Gaussian blur
+    with per-sample sigma, and horizontal flip. The jitter order is fixed (torchvision permutes
+    it per image). Randomness comes from ``generator`` (or torch's global RNG).
+    """
+
+    def __init__(self, aug: str = "aug+", size: int = 224, scale=(0.2, 1.0)):
+        if aug not in ("aug+", "v1"):
+            raise ValueError(f"INPUT.AUG={aug!r}: use 'aug+' or 'v1'")
+        self.aug, self.size, self.scale = aug, size, tuple(scale)
+        self.jitter = (0.4, 0.4, 0.4, 0.1) if aug == "aug+" else (0.4, 0.4, 0.4, 0.4)
+        self.jitter_p = 0.8 if aug == "aug+" else 1.0
+        self.blur_p = 0.5 if aug == "aug+" else 0.0
+
+    def _rand(self, n, device, generator=None):
+        return torch.rand(n, device=device, generator=generator)
+
+    def _boxes(self, b: int, h: int, w: int, device, gen) -> torch.Tensor:
+        """RandomResizedCrop boxes, Bx5 (batch index, x1, y1, x2, y2) in pixels."""
+        area = (
+            h * w * (self.scale[0] + (self.scale[1] - self.scale[0]) * self._rand(b, device, gen))
+        )
+        log_r = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * self._rand(b, device, gen)
+        ratio = torch.exp(log_r)
+        cw = torch.sqrt(area * ratio).clamp(max=w)
+        ch = torch.sqrt(area / ratio).clamp(max=h)
+        x1 = (w - cw) * self._rand(b, device, gen)
+        y1 = (h - ch) * self._rand(b, device, gen)
+        idx = torch.arange(b, device=device, dtype=cw.dtype)
+        return torch.stack([idx, x1, y1, x1 + cw, y1 + ch], dim=1)
+
+    def _jitter(self, x: torch.Tensor, gen) -> torch.Tensor:
+        """Colour jitter on Bx3xSxS floats in [0, 1], applied to a random p fraction."""
+        b, dev = x.shape[0], x.device
+        br, co, sa, hu = self.jitter
+        on = (self._rand(b, dev, gen) < self.jitter_p).float().view(b, 1, 1, 1)
+
+        def factor(s):  # uniform in [1-s, 1+s] where jitter is on, 1 elsewhere
+            f = 1 + s * (2 * self._rand(b, dev, gen) - 1)
+            return (f.view(b, 1, 1, 1) - 1) * on + 1
+
+        gray_w = torch.tensor([0.299, 0.587, 0.114], device=dev).view(1, 3, 1, 1)
+        x = (x * factor(br)).clamp(0, 1)
+        mean = (x * gray_w).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+        x = ((x - mean) * factor(co) + mean).clamp(0, 1)
+        gray = (x * gray_w).sum(1, keepdim=True)
+        x = ((x - gray) * factor(sa) + gray).clamp(0, 1)
+        theta = (2 * self._rand(b, dev, gen) - 1) * hu * 2 * math.pi * on.view(b)
+        yiq = torch.tensor(
+            [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=dev
+        )
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        rot = torch.zeros(b, 3, 3, device=dev)
+        rot[:, 0, 0] = 1
+        rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+        mat = torch.linalg.inv(yiq) @ rot @ yiq  # Bx3x3
+        return torch.einsum("bij,bjhw->bihw", mat, x).clamp(0, 1)
+
+    def _blur(self, x: torch.Tensor, gen) -> torch.Tensor:
+        """Separable Gaussian blur with sigma U(0.1, 2) on a random ``blur_p`` fraction."""
+        b, c, h, w = x.shape
+        k = blur_kernel_size(self.size)
+        sigma = 0.1 + 1.9 * self._rand(b, x.device, gen)  # B
+        pos = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
+        kern = torch.exp(-(pos.view(1, -1) ** 2) / (2 * sigma.view(-1, 1) ** 2))
+        kern = (kern / kern.sum(1, keepdim=True)).repeat_interleave(c, 0)  # (B*3)xk
+        y = x.reshape(1, b * c, h, w)
+        y = F.pad(y, (k // 2, k // 2, k // 2, k // 2), mode="reflect")
+        y = F.conv2d(y, kern.view(b * c, 1, 1, k), groups=b * c)
+        y = F.conv2d(y, kern.view(b * c, 1, k, 1), groups=b * c).view(b, c, h, w)
+        on = (self._rand(b, x.device, gen) < self.blur_p).view(b, 1, 1, 1)
+        return torch.where(on, y, x)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, generator=None) -> torch.Tensor:
+        """Augment a uint8 (or 0..255 float) batch Bx3xHxW into normalised Bx3xSxS floats."""
+        x = images.float()
+        b, _, h, w = x.shape
+        boxes = self._boxes(b, h, w, x.device, generator)
+        x = roi_align(x, boxes, output_size=self.size, spatial_scale=1.0, aligned=True) / 255.0
+        x = self._jitter(x, generator)
+        gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(
+            1, keepdim=True
+        )
+        to_gray = (self._rand(b, x.device, generator) < 0.2).view(b, 1, 1, 1)
+        x = torch.where(to_gray, gray.expand_as(x), x)
+        if self.blur_p > 0:
+            x = self._blur(x, generator)
+        flip = (self._rand(b, x.device, generator) < 0.5).view(b, 1, 1, 1)
+        x = torch.where(flip, x.flip(3), x)
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std

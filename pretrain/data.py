@@ -1,0 +1,209 @@
+"""Pretraining data: image lists (ImageFolder roots or text files), two-view datasets, loaders.
+
+A corrupt or unreadable image never stops a run: it is logged with its path, counted, and
+replaced by the next readable image in the list (deterministically, so resumed runs see the same
+data). The count travels with each sample so the loop can sum it across loader workers.
+"""
+
+import logging
+import os
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+from iopath.common.file_io import PathManager as _PM
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+from .augment import TwoCropsTransform, moco_transform
+
+logger = logging.getLogger(__name__)
+PathManager = _PM()
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+def scan_image_folder(root: str, key: str = "DATA.TRAIN") -> Tuple[List[str], List[int], List[str]]:
+    """List an ImageFolder root ``root/<class>/*.<img>`` -> (paths, labels, class names), sorted.
+
+    Raises FileNotFoundError / ValueError naming ``key`` when the root is missing or holds no
+    images, with the expected layout in the message.
+    """
+    if not os.path.isdir(root):
+        raise FileNotFoundError(
+            f"{key}={root!r} does not exist or is not a directory; point {key} at an "
+            "ImageFolder root (root/<class>/<image>.jpg) or a text file listing image paths"
+        )
+    classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
+    paths, labels = [], []
+    for label, cls in enumerate(classes):
+        for dirpath, _, files in sorted(os.walk(os.path.join(root, cls), followlinks=True)):
+            for name in sorted(files):
+                if _is_image(name):
+                    paths.append(os.path.join(dirpath, name))
+                    labels.append(label)
+    if not paths:
+        raise ValueError(
+            f"{key}={root!r} holds no images in class sub-folders (found {len(classes)} "
+            f"folders); expected root/<class>/<image> with extensions {IMG_EXTENSIONS}"
+        )
+    return paths, labels, classes
+
+
+def read_file_list(list_file: str, key: str = "DATA.TRAIN") -> List[str]:
+    """Read a text file of image paths (one per line; extra columns such as labels ignored).
+
+    Relative paths are taken relative to the list file's folder. Blank lines and lines starting
+    with '#' are skipped. Raises ValueError naming ``key`` if the list is empty.
+    """
+    base = os.path.dirname(os.path.abspath(list_file))
+    paths = []
+    with PathManager.open(list_file, "r") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            p = line.split()[0]
+            paths.append(p if os.path.isabs(p) else os.path.join(base, p))
+    if not paths:
+        raise ValueError(f"{key}={list_file!r} lists no images; write one image path per line")
+    return paths
+
+
+def list_images(source: str, key: str = "DATA.TRAIN") -> List[str]:
+    """Image paths of ``source``: an ImageFolder root, or a text file listing images."""
+    if not source:
+        raise ValueError(f"{key} is empty; set it to an ImageFolder root or an image list file")
+    if os.path.isfile(source):
+        return read_file_list(source, key)
+    return scan_image_folder(source, key)[0]
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of sample ``index`` in ``epoch``: a fixed function of the three."""
+    return ((seed * 1_000_003 + epoch) * 100_000_007 + index) % (2**63 - 1)
+
+
+class EpochSampler(DistributedSampler):
+    """A DistributedSampler that yields ``(epoch, index)`` so datasets can seed per sample.
+
+    Passing the epoch with each index (rather than through the dataset object) also reaches
+    persistent loader workers, which hold their own copy of the dataset.
+    """
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in super().__iter__())
+
+
+class TwoViewDataset(Dataset):
+    """Images at ``paths`` -> ``(views, n_skipped)``; ``views`` is ``transform(image)``.
+
+    ``transform`` takes an RGB PIL image (e.g. :class:`TwoCropsTransform`). ``n_skipped`` is the
+    number of unreadable images passed over to produce this sample. Indexed by ``(epoch, i)``
+    (see :class:`EpochSampler`), the transform's torch randomness is seeded from
+    (``seed``, epoch, i), so augmentation does not depend on worker count or on earlier epochs.
+    """
+
+    def __init__(self, paths: Sequence[str], transform, seed: int = 0):
+        self.paths = list(paths)
+        self.transform = transform
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        epoch, index = index if isinstance(index, tuple) else (None, index)
+        if epoch is None:
+            return self._load(index)
+        # fork_rng keeps the caller's RNG untouched when there are no loader workers
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return self._load(index)
+
+    def _load(self, index: int):
+        for skipped in range(len(self.paths)):
+            path = self.paths[(index + skipped) % len(self.paths)]
+            try:
+                with PathManager.open(path, "rb") as f:
+                    img = Image.open(f).convert("RGB")
+            except Exception as e:  # any decode/IO failure: skip, never crash a long run
+                logger.warning("Skipping unreadable image %s (%s: %s)", path, type(e).__name__, e)
+                continue
+            return self.transform(img), skipped
+        raise RuntimeError("no readable image in the whole dataset")
+
+
+class LoadAsUint8:
+    """PIL image -> uint8 tensor 3 x size x size (shorter side resized, center crop).
+
+    The decode step of the batched augmentation path: crops and colour ops happen later on the
+    whole batch (see :class:`pretrain.augment.BatchedMocoAug`).
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        w, h = img.size
+        s = self.size / min(w, h)
+        img = img.resize(
+            (max(self.size, round(w * s)), max(self.size, round(h * s))), Image.BILINEAR
+        )
+        w, h = img.size
+        left, top = (w - self.size) // 2, (h - self.size) // 2
+        img = img.crop((left, top, left + self.size, top + self.size))
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def load_size(cfg) -> int:
+    """Square decode size of the batched path: INPUT.LOAD_SIZE, or 1.15 x INPUT.SIZE."""
+    return cfg.INPUT.LOAD_SIZE or int(round(cfg.INPUT.SIZE * 1.15))
+
+
+def build_train_dataset(cfg) -> TwoViewDataset:
+    """The pretraining dataset of ``cfg.DATA.TRAIN``: two PIL views, or one uint8 image."""
+    paths = list_images(cfg.DATA.TRAIN, "DATA.TRAIN")
+    if cfg.INPUT.BATCHED_AUG:
+        transform = LoadAsUint8(load_size(cfg))
+    else:
+        transform = TwoCropsTransform(
+            moco_transform(cfg.INPUT.AUG, cfg.INPUT.SIZE, cfg.INPUT.CROP_SCALE)
+        )
+    return TwoViewDataset(paths, transform, seed=cfg.SEED)
+
+
+def build_train_loader(dataset, cfg, world_size: int, rank: int, pin_memory: bool):
+    """A drop_last loader over ``dataset`` with a DistributedSampler (seeded by SEED).
+
+    Returns (loader, sampler); call ``sampler.set_epoch(epoch)`` before each epoch. The
+    per-process batch is SOLVER.BATCH_SIZE / world_size.
+    """
+    if cfg.SOLVER.BATCH_SIZE % world_size:
+        raise ValueError(
+            f"SOLVER.BATCH_SIZE={cfg.SOLVER.BATCH_SIZE} is not divisible by the world size "
+            f"{world_size}; use a multiple of the number of processes"
+        )
+    per_proc = cfg.SOLVER.BATCH_SIZE // world_size
+    if len(dataset) < cfg.SOLVER.BATCH_SIZE:
+        raise ValueError(
+            f"DATA.TRAIN has {len(dataset)} images, fewer than one batch "
+            f"(SOLVER.BATCH_SIZE={cfg.SOLVER.BATCH_SIZE}); lower the batch or add images"
+        )
+    sampler = EpochSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.SEED, drop_last=True
+    )
+    workers = cfg.DATA.NUM_WORKERS
+    loader = DataLoader(
+        dataset,
+        batch_size=per_proc,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=True,
+        persistent_workers=workers > 0,
+    )
+    return loader, sampler

@@ -1,0 +1,240 @@
+"""MoCo pretraining entry point: set-up, epochs, checkpoints, kNN monitor, launch.
+
+One process (CPU or one GPU)::
+
+    python -m pretrain.train_net --config-file configs/pretrain/tiny_synthetic.yaml
+
+8 GPUs on one machine (detectron2 launch), or torchrun on many machines::
+
+    moco-pretrain --config-file configs/pretrain/moco_v2_200ep.yaml --num-gpus 8 DATA.TRAIN ...
+    torchrun --nnodes 2 --nproc-per-node 8 ... -m pretrain.train_net --config-file ...
+
+A run restarts automatically from ``OUTPUT_DIR/last.pth`` when it exists.
+"""
+
+import argparse
+import logging
+import math
+import os
+
+import torch
+from detectron2.engine import default_setup, launch
+from detectron2.utils import comm
+from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
+from detectron2.utils.logger import setup_logger
+
+from .augment import BatchedMocoAug
+from .builder import build_moco
+from .checkpoint import (
+    LAST,
+    checkpoint_name,
+    find_resume_file,
+    load_checkpoint,
+    restore,
+    save_checkpoint,
+    unwrap,
+)
+from .config import load_cfg
+from .data import build_train_dataset, build_train_loader, sample_seed
+from .distributed import maybe_init_from_env, select_device
+from .engine import LoopContext, ProgressPrinter, train_one_epoch
+
+logger = logging.getLogger(__name__)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    """detectron2-style arguments plus resume controls; trailing ``KEY VALUE`` overrides."""
+    p = argparse.ArgumentParser(description="MoCo v1/v2 pretraining")
+    p.add_argument("--config-file", default="", metavar="FILE", help="YAML under configs/pretrain")
+    p.add_argument(
+        "--resume",
+        default="",
+        metavar="PATH",
+        help="checkpoint to resume from; without it, OUTPUT_DIR/last.pth is used if it exists",
+    )
+    p.add_argument("--no-auto-resume", action="store_true", help="ignore OUTPUT_DIR/last.pth")
+    p.add_argument(
+        "--stop-after-epochs",
+        type=int,
+        default=0,
+        help="stop (with a checkpoint) after this many finished epochs; the schedule still "
+        "spans SOLVER.EPOCHS, so a later resume continues it (use on preemptible time slots)",
+    )
+    p.add_argument("--num-gpus", type=int, default=1, help="processes per machine (GPUs)")
+    p.add_argument("--num-machines", type=int, default=1, help="total number of machines")
+    p.add_argument("--machine-rank", type=int, default=0, help="rank of this machine")
+    p.add_argument(
+        "--dist-url",
+        default="auto",
+        help="init URL (tcp://host:port) reachable by all machines; 'auto' for one machine",
+    )
+    p.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE overrides")
+    return p
+
+
+def _amp_dtype(cfg, device):
+    if device.type != "cuda" or not cfg.SOLVER.AMP:
+        return None  # autocast on CPU is slower than fp32 for convs here; keep CPU exact
+    return torch.bfloat16 if cfg.SOLVER.AMP == "bf16" else torch.float16
+
+
+def _warn_queue_size(cfg, n_images: int) -> None:
+    if cfg.MODEL.K * 4 > n_images:
+        suggestion = 2 ** max(int(math.log2(max(n_images // 4, 1))), 0)
+        logger.warning(
+            "MODEL.K=%d is not well below the %d training images (DATA.TRAIN): every image "
+            "is a negative of its own views about %.1f times over while it stays in the queue. "
+            "Set MODEL.K to at most a quarter of the images (e.g. MODEL.K %d) or add images.",
+            cfg.MODEL.K,
+            n_images,
+            cfg.MODEL.K / n_images,
+            suggestion,
+        )
+
+
+def _knn(cfg, model, ctx, storage, epoch: int) -> float:
+    from evaluation.knn import knn_accuracy
+
+    acc = knn_accuracy(
+        unwrap(model).encoder_q,
+        cfg.DATA.KNN_TRAIN,
+        cfg.DATA.KNN_VAL,
+        size=cfg.TEST.KNN_SIZE or cfg.INPUT.SIZE,
+        batch_size=max(cfg.SOLVER.BATCH_SIZE // comm.get_world_size(), 1),
+        workers=cfg.DATA.NUM_WORKERS,
+        k=cfg.TEST.KNN_K,
+        T=cfg.TEST.KNN_T,
+        device=ctx.device,
+    )
+    storage.put_scalar("knn_top1", acc * 100, smoothing_hint=False)
+    logger.info("Epoch %d: kNN top-1 %.2f%%", epoch, acc * 100)
+    return acc
+
+
+def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: int = 0) -> dict:
+    """Pretrain MoCo as configured by ``cfg`` in the current process group.
+
+    Resumes from ``resume`` or (``auto_resume``) from OUTPUT_DIR/last.pth. Returns a dict with
+    the final ``epoch``, ``iteration`` and, when the kNN monitor ran, ``knn_top1`` (0..1).
+    """
+    world, rank = comm.get_world_size(), comm.get_rank()
+    device = select_device(cfg.MODEL.DEVICE)
+    dataset = build_train_dataset(cfg)
+    _warn_queue_size(cfg, len(dataset))
+    loader, sampler = build_train_loader(dataset, cfg, world, rank, device.type == "cuda")
+    iters_per_epoch = len(loader)
+    if cfg.SOLVER.MAX_ITERS_PER_EPOCH:
+        iters_per_epoch = min(iters_per_epoch, cfg.SOLVER.MAX_ITERS_PER_EPOCH)
+
+    torch.manual_seed(cfg.SEED)  # identical init on every rank, independent of set-up order
+    model = build_moco(cfg).to(device)
+    if device.type == "cuda" and cfg.SOLVER.CHANNELS_LAST:
+        model = model.to(memory_format=torch.channels_last)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(
+        params, lr=0.0, momentum=cfg.SOLVER.MOMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+    )
+    amp_dtype = _amp_dtype(cfg, device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+
+    start_epoch, start_iter = 0, 0
+    path = find_resume_file(cfg.OUTPUT_DIR, resume) if (resume or auto_resume) else None
+    if path:
+        ckpt = load_checkpoint(path)
+        restore(ckpt, model, optimizer, scaler)
+        start_epoch, start_iter = ckpt["epoch"], ckpt["iteration"]
+        logger.info("Resumed from %s at epoch %d, iteration %d", path, start_epoch, start_iter)
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    ctx = LoopContext(
+        device=device,
+        iters_per_epoch=iters_per_epoch,
+        iteration=start_iter,
+        amp_dtype=amp_dtype,
+        channels_last=device.type == "cuda" and cfg.SOLVER.CHANNELS_LAST,
+    )
+    if cfg.INPUT.BATCHED_AUG:
+        ctx.batched_aug = BatchedMocoAug(cfg.INPUT.AUG, cfg.INPUT.SIZE, cfg.INPUT.CROP_SCALE)
+    if comm.is_main_process():
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+        ctx.writers = [
+            ProgressPrinter(iters_per_epoch * cfg.SOLVER.EPOCHS),
+            JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json")),
+            TensorboardXWriter(cfg.OUTPUT_DIR),
+        ]
+    end_epoch = cfg.SOLVER.EPOCHS
+    if stop_after_epochs:
+        end_epoch = min(end_epoch, stop_after_epochs)
+    result = {"epoch": start_epoch, "iteration": start_iter}
+    with EventStorage(start_iter) as storage:
+        for epoch in range(start_epoch, end_epoch):
+            # Everything random in an epoch (data order, augmentation, shuffle-BN permutations)
+            # is a function of (SEED, epoch, rank), so a resumed run repeats it bit for bit.
+            seed = sample_seed(cfg.SEED, epoch, rank) % 2**31
+            torch.manual_seed(seed)
+            ctx.aug_generator = torch.Generator(device=device).manual_seed(seed)
+            sampler.set_epoch(epoch)
+            train_one_epoch(model, loader, optimizer, scaler, epoch, cfg, ctx)
+            done = epoch + 1
+            if (
+                cfg.DATA.KNN_TRAIN
+                and cfg.TEST.KNN_PERIOD
+                and (done % cfg.TEST.KNN_PERIOD == 0 or done == cfg.SOLVER.EPOCHS)
+            ):
+                result["knn_top1"] = _knn(cfg, model, ctx, storage, done)
+            for w in ctx.writers:
+                w.write()
+            if comm.is_main_process():
+                args = (model, optimizer, scaler, done, ctx.iteration, cfg)
+                save_checkpoint(os.path.join(cfg.OUTPUT_DIR, LAST), *args)
+                if done % cfg.CHECKPOINT_PERIOD == 0 or done == cfg.SOLVER.EPOCHS:
+                    save_checkpoint(os.path.join(cfg.OUTPUT_DIR, checkpoint_name(done)), *args)
+            comm.synchronize()
+            result.update(epoch=done, iteration=ctx.iteration)
+    for w in ctx.writers:
+        w.close()
+    if ctx.skipped_images:
+        logger.warning("%d unreadable image(s) were skipped in total", ctx.skipped_images)
+    return result
+
+
+def setup(args):
+    """Config from ``args`` (file + overrides), logger, config dump and seeds (default_setup)."""
+    cfg = load_cfg(args.config_file, args.opts)
+    default_setup(cfg, args)
+    for name in ("pretrain", "evaluation"):
+        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name=name)
+    return cfg
+
+
+def run(args) -> dict:
+    """Per-process body: set up, then train (called by ``launch`` or directly under torchrun)."""
+    cfg = setup(args)
+    return train(
+        cfg,
+        resume=args.resume,
+        auto_resume=not args.no_auto_resume,
+        stop_after_epochs=args.stop_after_epochs,
+    )
+
+
+def main(argv=None) -> None:
+    """Console script ``moco-pretrain``: torchrun-aware launch of :func:`run`."""
+    args = get_parser().parse_args(argv)
+    if maybe_init_from_env():
+        run(args)  # torchrun already started one process per GPU
+        return
+    launch(
+        run,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
+
+
+if __name__ == "__main__":
+    main()
