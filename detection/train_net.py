@@ -45,6 +45,15 @@ class Trainer(DefaultTrainer):
             return COCOEvaluator(dataset_name, output_dir=output_folder)
         raise NotImplementedError(f"no evaluator for {dataset_name} (type {evaluator_type})")
 
+    def train(self):
+        """Train, then return the results of the final evaluation ({} without test sets).
+
+        DefaultTrainer.train returns them only when TEST.EXPECTED_RESULTS is set; its
+        evaluation hook keeps the latest results in ``_last_eval_results`` either way.
+        """
+        super().train()
+        return getattr(self, "_last_eval_results", None) or {}
+
 
 def setup(args):
     """Build the frozen config from ``args`` (config file + KEY VALUE overrides), adjust it to

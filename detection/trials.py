@@ -227,7 +227,7 @@ def _progress_line(t, started, max_iter):
     elapsed = datetime.timedelta(seconds=int(time.time() - started))
     progress = read_progress(t["output_dir"])
     if progress is None:
-        return f"{head} starting up, {elapsed} elapsed"
+        return f"{head} running, no metrics.json line yet, {elapsed} elapsed"
     it, eta = progress
     total = f"/{max_iter} ({100.0 * (it + 1) / max_iter:.0f}%)" if max_iter else ""
     eta = f", eta {datetime.timedelta(seconds=int(eta))}" if eta is not None else ""

@@ -1,0 +1,28 @@
+"""Helpers shared by the detection tests (a module, not conftest, so tests can import it)."""
+
+import os
+
+from detectron2.config import get_cfg
+
+from detection.config import add_moco_detection_config, resolve_single_process
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG_DIR = os.path.join(REPO, "configs", "detection")
+TINY_CONFIG = os.path.join(CONFIG_DIR, "tiny_synthetic.yaml")
+
+
+def load_cfg(path, *opts):
+    """Config file ``path`` merged with KEY VALUE ``opts``, with this project's keys."""
+    cfg = get_cfg()
+    add_moco_detection_config(cfg)
+    cfg.merge_from_file(path)
+    cfg.merge_from_list(list(opts))
+    return cfg
+
+
+def tiny_cfg(voc_root, *opts):
+    """The tiny config on ``voc_root`` with KEY VALUE ``opts``, adjusted for one process
+    (SyncBN -> BN), not frozen."""
+    cfg = load_cfg(TINY_CONFIG, "TRANSFER.VOC_LIKE_ROOT", str(voc_root), *opts)
+    resolve_single_process(cfg, world_size=1)
+    return cfg
