@@ -201,6 +201,8 @@ def extract_backbone(
     if fmt not in FORMATS:
         raise CheckpointFormatError(f"unknown format '{fmt}'; choose one of {FORMATS}")
     fmt, sd = _unwrap(obj, fmt, where)
+    if prefix and not prefix.endswith("."):
+        prefix += "."  # "--prefix backbone" means the module "backbone", not "backbone*"
     if prefix is None:
         candidates = _FORMAT_PREFIXES[fmt]
         prefix = next((p for p in candidates if p + _STEM_KEY in sd), None)

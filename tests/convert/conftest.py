@@ -102,7 +102,8 @@ def layouts():
         "torchvision-state_dict": (prefixed("", "state_dict"), []),
         "torchvision-model-module": (prefixed("module.", "model"), []),
         "prefix-module.encoder": (prefixed("module.encoder."), ["--prefix", "module.encoder."]),
-        "prefix-backbone": (prefixed("backbone.", "state_dict"), ["--prefix", "backbone."]),
+        # without the trailing dot: the converter adds it
+        "prefix-backbone": (prefixed("backbone.", "state_dict"), ["--prefix", "backbone"]),
         "forced-format": (as_reference_moco, ["--format", "moco"]),
     }
 
