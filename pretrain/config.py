@@ -78,6 +78,9 @@ _C.CHECKPOINT_PERIOD = 10  # save checkpoint_<epoch>.pth every N epochs (last.pt
 _C.LOG_PERIOD = 20  # iterations between metric writes (progress line, metrics.json, TB)
 _C.OUTPUT_DIR = "./output/pretrain"
 _C.SEED = 0  # data order and augmentation are a function of (SEED, epoch, rank)
+# torch CPU threads per process (0 = torch's default). On a small CPU shared with other jobs,
+# 1 avoids OpenMP threads spin-waiting on each other (tiny ops get ~10x slower otherwise).
+_C.CPU_THREADS = 0
 _C.CUDNN_BENCHMARK = True  # let cuDNN pick conv algorithms (fixed input sizes)
 
 

@@ -205,5 +205,8 @@ def build_train_loader(dataset, cfg, world_size: int, rank: int, pin_memory: boo
         pin_memory=pin_memory,
         drop_last=True,
         persistent_workers=workers > 0,
+        # Its own generator: creating an iterator must not consume the global RNG, which
+        # drives shuffle-BN permutations (persistent workers create one only in epoch 1).
+        generator=torch.Generator().manual_seed(cfg.SEED),
     )
     return loader, sampler

@@ -119,6 +119,8 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
     """
     world, rank = comm.get_world_size(), comm.get_rank()
     device = select_device(cfg.MODEL.DEVICE)
+    if device.type == "cpu" and cfg.CPU_THREADS:
+        torch.set_num_threads(cfg.CPU_THREADS)
     dataset = build_train_dataset(cfg)
     _warn_queue_size(cfg, len(dataset))
     loader, sampler = build_train_loader(dataset, cfg, world, rank, device.type == "cuda")

@@ -1,0 +1,70 @@
+"""A killed-and-resumed run ends with exactly the weights of an uninterrupted one (CPU)."""
+
+import os
+
+import pytest
+import torch
+
+from pretrain.builder import build_moco
+from pretrain.checkpoint import FORMAT, load_checkpoint
+from pretrain.config import load_cfg
+from pretrain.train_net import train
+
+CONFIG = os.path.join(
+    os.path.dirname(__file__), "..", "..", "configs", "pretrain", "tiny_synthetic.yaml"
+)
+
+
+def _cfg(root, out, batched: bool):
+    opts = {
+        "DATA.TRAIN": str(root / "train"),
+        "DATA.KNN_TRAIN": "",
+        "DATA.KNN_VAL": "",
+        "OUTPUT_DIR": str(out),
+        "MODEL.ARCH": "resnet18",
+        "MODEL.WIDTH_PER_GROUP": 0,
+        "MODEL.MLP_HIDDEN_DIM": 64,
+        "MODEL.K": 24,  # 3 steps of 16 keys (symmetric): the pointer wraps around
+        "MODEL.KEY_BN_SPLITS": 2,
+        "INPUT.SIZE": 32,
+        "INPUT.LOAD_SIZE": 40,
+        "INPUT.BATCHED_AUG": batched,
+        "DATA.NUM_WORKERS": 0 if batched else 1,  # the PIL path through a worker process
+        "SOLVER.BATCH_SIZE": 8,
+        "SOLVER.EPOCHS": 2,
+        "SOLVER.MAX_ITERS_PER_EPOCH": 2,
+        "SOLVER.WARMUP_EPOCHS": 0.5,
+        "CHECKPOINT_PERIOD": 2,
+        "LOG_PERIOD": 1,
+    }
+    return load_cfg(CONFIG, [x for kv in opts.items() for x in map(str, kv)])
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched-aug", "pil-aug"])
+def test_resume_matches_uninterrupted(synthetic_cls_root, tmp_path, batched):
+    straight = tmp_path / "straight"
+    out = train(_cfg(synthetic_cls_root, straight, batched), auto_resume=False)
+    assert out == {"epoch": 2, "iteration": 4}
+
+    resumed = tmp_path / "resumed"
+    cfg = _cfg(synthetic_cls_root, resumed, batched)
+    assert train(cfg, stop_after_epochs=1)["epoch"] == 1  # "killed" after epoch 1
+    assert train(cfg)["iteration"] == 4  # auto-resumes from resumed/last.pth
+
+    a = load_checkpoint(str(straight / "last.pth"))
+    b = load_checkpoint(str(resumed / "last.pth"))
+    assert a["format"] == FORMAT and (a["epoch"], a["iteration"]) == (b["epoch"], b["iteration"])
+    assert a["model"].keys() == b["model"].keys()
+    assert not any(k.startswith("module.") for k in a["model"])
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    mom_a = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
+    mom_b = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(mom_a, mom_b)) and len(mom_a) > 0
+    # training changed the weights and the queue (so the comparison above can fail)
+    torch.manual_seed(cfg.SEED)  # train() builds the model right after this seed
+    init = build_moco(cfg).state_dict()
+    for key in ("queue", "encoder_q.conv1.weight", "encoder_k.conv1.weight"):
+        assert not torch.equal(init[key], a["model"][key]), key
+    assert (straight / "checkpoint_0002.pth").exists()
+    assert (straight / "metrics.json").exists()
