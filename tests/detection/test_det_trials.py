@@ -11,6 +11,9 @@ import time
 
 import pytest
 from det_helpers import REPO, TINY_CONFIG
+from detectron2.engine import default_argument_parser
+
+from detection import train_net
 
 TIMEOUT = 600  # generous: the machine is shared
 
@@ -45,7 +48,7 @@ def processes_mentioning(text):
 
 
 @pytest.mark.slow
-def test_killed_trial_resumes_and_finished_trials_are_skipped(tiny_voc_root, tmp_path):
+def test_killed_trial_resumes_and_finished_trials_are_skipped(tiny_voc_root, tmp_path, one_thread):
     out = tmp_path / "trials"
     t0, t1 = out / "trial_0_seed_0", out / "trial_1_seed_1000"
     args, env = runner_args(out, tiny_voc_root), runner_env()
@@ -94,3 +97,12 @@ def test_killed_trial_resumes_and_finished_trials_are_skipped(tiny_voc_root, tmp
     assert run3.returncode == 0, run3.stderr[-3000:]
     assert run3.stdout.count("finished earlier, skipped") == 2  # detectron2 logs to stdout
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # 4. --eval-only on trial 1's final model reproduces its recorded results.
+    args = default_argument_parser().parse_args(
+        ["--config-file", TINY_CONFIG, "--eval-only", "MODEL.WEIGHTS", str(t1 / "model_final.pth"),
+         "TRANSFER.VOC_LIKE_ROOT", str(tiny_voc_root), "OUTPUT_DIR", str(tmp_path / "eval")]
+    )  # fmt: skip
+    results = train_net.run(args)
+    final = json.loads((t1 / "final_metrics.json").read_text())["results"]
+    assert results["bbox"] == pytest.approx(final["bbox"])

@@ -1,0 +1,67 @@
+"""Data set registration: VOC names reuse detectron2's, VOC-like sets get their own classes."""
+
+import os
+
+import pytest
+from det_helpers import tiny_cfg
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets.pascal_voc import CLASS_NAMES
+
+import synthetic
+from detection.datasets import (
+    default_voc_root,
+    register_from_config,
+    register_voc,
+    register_voc_like,
+)
+
+VOC_NAMES = ["voc_2007_trainval", "voc_2012_trainval", "voc_2007_test"]
+
+
+def test_voc_reuses_detectron2s_registration():
+    before = {n: DatasetCatalog[n] for n in VOC_NAMES}  # detectron2's loaders
+    assert register_voc() == VOC_NAMES
+    assert {n: DatasetCatalog[n] for n in VOC_NAMES} == before  # not replaced
+    meta = MetadataCatalog.get("voc_2007_test")
+    assert meta.dirname == os.path.join(default_voc_root(), "VOC2007")
+    assert (meta.year, meta.split, meta.evaluator_type) == (2007, "test", "pascal_voc")
+    assert meta.thing_classes == list(CLASS_NAMES)
+
+
+def test_voc_under_another_root_replaces_and_restores(tmp_path):
+    try:
+        register_voc(str(tmp_path))
+        assert MetadataCatalog.get("voc_2012_trainval").dirname == str(tmp_path / "VOC2012")
+        assert MetadataCatalog.get("voc_2012_trainval").evaluator_type == "pascal_voc"
+    finally:
+        register_voc()
+    assert MetadataCatalog.get("voc_2012_trainval").dirname.endswith(os.path.join("", "VOC2012"))
+    assert MetadataCatalog.get("voc_2012_trainval").dirname != str(tmp_path / "VOC2012")
+
+
+def test_voc_like_set_with_custom_classes(tiny_voc_root):
+    names = register_voc_like("dettest", str(tiny_voc_root), synthetic.DET_CLASSES)
+    assert names == ["dettest_2007_trainval", "dettest_2012_trainval", "dettest_2007_test"]
+    assert register_voc_like("dettest", str(tiny_voc_root), synthetic.DET_CLASSES) == names
+    meta = MetadataCatalog.get("dettest_2012_trainval")
+    assert meta.thing_classes == list(synthetic.DET_CLASSES)
+    assert (meta.dirname, meta.year, meta.split) == (
+        str(tiny_voc_root / "VOC2012"),
+        2012,
+        "trainval",
+    )
+    assert meta.evaluator_type == "pascal_voc"
+    dicts = DatasetCatalog.get("dettest_2007_test")
+    assert len(dicts) == 3
+    labels = {a["category_id"] for d in dicts for a in d["annotations"]}
+    assert labels == set(range(len(synthetic.DET_CLASSES)))  # seed 6: every class in test
+    with pytest.raises(ValueError):
+        register_voc_like("dettest", str(tiny_voc_root), [])
+
+
+def test_registered_from_the_config(tiny_voc_root):
+    cfg = tiny_cfg(tiny_voc_root, "TRANSFER.VOC_LIKE_PREFIX", "cfgtest")
+    names = register_from_config(cfg)
+    assert names == ["cfgtest_2007_trainval", "cfgtest_2012_trainval", "cfgtest_2007_test"]
+    assert MetadataCatalog.get("cfgtest_2007_test").thing_classes == list(synthetic.DET_CLASSES)
+    assert len(DatasetCatalog.get("cfgtest_2007_trainval")) == 4
