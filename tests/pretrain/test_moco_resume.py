@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from evaluation.knn import main as knn_main
 from pretrain.builder import build_moco
 from pretrain.checkpoint import FORMAT, load_checkpoint
 from pretrain.config import load_cfg
@@ -68,3 +69,19 @@ def test_resume_matches_uninterrupted(synthetic_cls_root, tmp_path, batched):
         assert not torch.equal(init[key], a["model"][key]), key
     assert (straight / "checkpoint_0002.pth").exists()
     assert (straight / "metrics.json").exists()
+    if batched:  # the kNN CLI reads the checkpoint (arch and head from its config)
+        res = knn_main(
+            [
+                "--checkpoint",
+                str(straight / "last.pth"),
+                "--data",
+                str(synthetic_cls_root),
+                "--size",
+                "32",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
+        assert 0.0 <= res["knn_top1"] <= 1.0
