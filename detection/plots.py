@@ -1,4 +1,4 @@
-"""Figures and comparison tables of trial summaries (``summary.json`` from ``detection.trials``).
+r"""Figures and comparison tables of trial summaries (``summary.json`` from ``detection.trials``).
 
     python -m detection.plots trials output/voc_moco/summary.json --out output/voc_moco/trials.png
     python -m detection.plots compare rand/summary.json sup/summary.json moco/summary.json \

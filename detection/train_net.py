@@ -1,4 +1,4 @@
-"""Train (or evaluate) one detector of the MoCo detection-transfer recipe.
+r"""Train (or evaluate) one detector of the MoCo detection-transfer recipe.
 
     python -m detection.train_net --config-file configs/detection/pascal_voc_R_50_C4_24k_moco.yaml \
         --num-gpus 8 MODEL.WEIGHTS output/moco_v2_200ep.pkl

@@ -1,4 +1,4 @@
-"""Run several seeded fine-tunes of one detection config and summarise them.
+r"""Run several seeded fine-tunes of one detection config and summarise them.
 
     python -m detection.trials --config-file configs/detection/pascal_voc_R_50_C4_24k_moco.yaml \
         --output-dir output/voc_moco --num-trials 5 --gpus-per-trial 8 MODEL.WEIGHTS moco.pkl
@@ -200,7 +200,7 @@ def run_trials(
                     t["trial"],
                     t["seed"],
                     rc,
-                    "" if rc else ", no final_metrics.json",
+                    "" if rc else ", but no bbox AP50/AP/AP75 in final_metrics.json",
                     log_path,
                     _log_tail(log_path),
                 )

@@ -65,3 +65,12 @@ def test_registered_from_the_config(tiny_voc_root):
     assert names == ["cfgtest_2007_trainval", "cfgtest_2012_trainval", "cfgtest_2007_test"]
     assert MetadataCatalog.get("cfgtest_2007_test").thing_classes == list(synthetic.DET_CLASSES)
     assert len(DatasetCatalog.get("cfgtest_2007_trainval")) == 4
+
+
+def test_voc_root_from_the_config(tiny_voc_root, tmp_path):
+    cfg = tiny_cfg(tiny_voc_root, "TRANSFER.VOC_ROOT", str(tmp_path), "TRANSFER.VOC_LIKE_ROOT", "")
+    try:
+        assert register_from_config(cfg) == VOC_NAMES
+        assert MetadataCatalog.get("voc_2007_test").dirname == str(tmp_path / "VOC2007")
+    finally:
+        register_voc()
