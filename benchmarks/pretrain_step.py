@@ -1,0 +1,207 @@
+"""Benchmark of the MoCo training step and of the data pipeline on the current device.
+
+Prints a table and writes JSON. Rows:
+
+- ``step/fp32-reference``: plain fp32 MoCo step (contiguous tensors, no autocast);
+- ``step/optimized``: the step as training runs it (on CUDA: channels_last + autocast);
+- ``data/pil``: per-image PIL decode + two aug+ views, one process (= one loader worker);
+- ``data/batched``: PIL decode to a uint8 square + batched tensor aug+ of two views on the device;
+- ``data/gpu-decode`` (CUDA only): JPEG bytes decoded on the GPU (torchvision.io.decode_jpeg)
+  + batched aug+.
+
+Examples::
+
+    python benchmarks/pretrain_step.py --device cpu --arch resnet50 --width-per-group 16 \
+        --size 64 --batch 32 --iters 5 --out benchmarks/results/pretrain_step_cpu.json
+    python benchmarks/pretrain_step.py --device cuda --size 224 --batch 256 --amp bf16
+"""
+
+import argparse
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from pretrain.augment import BatchedMocoAug, TwoCropsTransform, moco_transform  # noqa: E402
+from pretrain.builder import MoCo, build_encoder_factory  # noqa: E402
+from pretrain.data import LoadAsUint8  # noqa: E402
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mem_mib(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS
+
+
+def bench_step(args, device, optimized: bool) -> dict:
+    """Images/s and peak memory of MoCo steps (forward, backward, SGD) on random images."""
+    torch.manual_seed(0)
+    kwargs = {"width_per_group": args.width_per_group} if args.width_per_group else {}
+    model = MoCo(build_encoder_factory(args.arch, **kwargs), K=args.K, m=0.999, T=0.2, mlp=True)
+    model = model.to(device)
+    channels_last = optimized and device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp) if optimized else None
+    if device.type == "cpu" and not args.cpu_amp:
+        amp = None  # CPU autocast is slower than fp32 for these convs; opt in with --cpu-amp
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.03, momentum=0.9)
+    scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
+    x = torch.randn(2, args.batch, 3, args.size, args.size, device=device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(args.warmup + args.iters):
+        _sync(device)
+        t = time.perf_counter()
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss = model(x[0], x[1])["loss"]
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        _sync(device)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t)
+    sec = float(np.median(times))
+    return {
+        "images_per_s": args.batch / sec,
+        "sec_per_step": sec,
+        "peak_mem_mib": _peak_mem_mib(device),
+        "amp": str(amp).replace("torch.", "") if amp else "fp32",
+        "channels_last": channels_last,
+    }
+
+
+def _write_jpegs(root: str, n: int, side: int) -> list:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        arr = (rng.random((side, side, 3)) * 64 + np.linspace(0, 190, side)[:, None, None]).astype(
+            np.uint8
+        )
+        p = os.path.join(root, f"{i:05d}.jpg")
+        Image.fromarray(arr).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+def bench_data(args, device, paths) -> dict:
+    """Images/s of one process for each data path (decode + two augmented views)."""
+    results = {}
+    pil_tf = TwoCropsTransform(moco_transform("aug+", args.size))
+    t = time.perf_counter()
+    for p in paths:
+        pil_tf(Image.open(p).convert("RGB"))
+    results["data/pil"] = len(paths) / (time.perf_counter() - t)
+
+    load = LoadAsUint8(int(round(args.size * 1.15)))
+    aug = BatchedMocoAug("aug+", args.size)
+    gen = torch.Generator(device=device).manual_seed(0)
+    _sync(device)
+    t = time.perf_counter()
+    for s in range(0, len(paths), args.batch):
+        batch = torch.stack([load(Image.open(p).convert("RGB")) for p in paths[s : s + args.batch]])
+        batch = batch.to(device)
+        aug(batch, gen), aug(batch, gen)
+    _sync(device)
+    results["data/batched"] = len(paths) / (time.perf_counter() - t)
+
+    if device.type == "cuda":
+        from torchvision.io import decode_jpeg
+
+        side = int(round(args.size * 1.15))
+        _sync(device)
+        t = time.perf_counter()
+        for s in range(0, len(paths), args.batch):
+            raw = [
+                torch.frombuffer(bytearray(open(p, "rb").read()), dtype=torch.uint8)
+                for p in paths[s : s + args.batch]
+            ]
+            imgs = decode_jpeg(raw, device=device)
+            batch = torch.stack(
+                [
+                    F.interpolate(i[None].float(), size=(side, side), mode="bilinear")[0]
+                    for i in imgs
+                ]
+            )
+            aug(batch, gen), aug(batch, gen)
+        _sync(device)
+        results["data/gpu-decode"] = len(paths) / (time.perf_counter() - t)
+    return results
+
+
+def main(argv=None) -> dict:
+    """Run the benchmark with command-line options; print a table, write JSON, return it."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--arch", default="resnet50", help="torchvision ResNet name")
+    p.add_argument("--width-per-group", type=int, default=0, help="16 = thin ResNet-50")
+    p.add_argument("--size", type=int, default=224, help="crop size")
+    p.add_argument("--batch", type=int, default=256, help="batch per step (one device)")
+    p.add_argument("--K", type=int, default=65536, help="queue length")
+    p.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="CUDA autocast")
+    p.add_argument("--cpu-amp", action="store_true", help="also autocast the optimized CPU step")
+    p.add_argument("--iters", type=int, default=10, help="timed steps (median reported)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    p.add_argument("--data-images", type=int, default=256, help="JPEGs for the data rows")
+    p.add_argument("--source-side", type=int, default=0, help="JPEG side (default 2 x size)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--out", default="", help="JSON output path")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    rows = {
+        "step/fp32-reference": bench_step(args, device, optimized=False),
+        "step/optimized": bench_step(args, device, optimized=True),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = _write_jpegs(tmp, args.data_images, args.source_side or 2 * args.size)
+        for name, ips in bench_data(args, device, paths).items():
+            rows[name] = {"images_per_s": ips}
+    print(f"{'row':24s} {'images/s':>10s} {'peak MiB':>10s}  notes")
+    for name, r in rows.items():
+        mem = f"{r['peak_mem_mib']:10.0f}" if "peak_mem_mib" in r else " " * 10
+        notes = f"{r['amp']}, channels_last={r['channels_last']}" if "amp" in r else ""
+        print(f"{name:24s} {r['images_per_s']:10.1f} {mem}  {notes}")
+    result = {
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "args": vars(args),
+        "rows": rows,
+    }
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
