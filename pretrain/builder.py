@@ -179,12 +179,14 @@ class MoCo(nn.Module):
 
         Returns (loss, logits N x (1+K)); the positive is column 0.
         """
-        l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)  # Nx1
-        # clone: the queue is written in place after the loss, and autograd must not see that
-        l_neg = torch.einsum("nc,ck->nk", q, self.queue.clone().detach())  # NxK
-        logits = torch.cat([l_pos, l_neg], dim=1) / self.T  # Nx(1+K)
-        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        return F.cross_entropy(logits, labels), logits
+        # fp32 even under autocast: bf16 logits would blur K similar negatives together
+        with torch.autocast(q.device.type, enabled=False):
+            l_pos = torch.einsum("nc,nc->n", q, k).unsqueeze(-1)  # Nx1
+            # clone: the queue is written in place after the loss; autograd must not see that
+            l_neg = torch.einsum("nc,ck->nk", q, self.queue.clone().detach())  # NxK
+            logits = torch.cat([l_pos, l_neg], dim=1) / self.T  # Nx(1+K)
+            labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+            return F.cross_entropy(logits, labels), logits
 
     def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> Dict[str, torch.Tensor]:
         """One MoCo step's forward pass on two views (each NxCxHxW) of the same N images.

@@ -92,6 +92,23 @@ def _warn_queue_size(cfg, n_images: int) -> None:
         )
 
 
+def _check_inputs(cfg, world: int) -> None:
+    """Fail before training, naming the key, on inputs that would fail later."""
+    for key in ("DATA.KNN_TRAIN", "DATA.KNN_VAL"):
+        path = cfg.DATA[key.split(".")[1]]
+        if path and not os.path.isdir(path):
+            raise FileNotFoundError(
+                f"{key}={path!r} is not a directory; give a labelled "
+                "ImageFolder root or leave both kNN keys empty"
+            )
+    per_proc = cfg.SOLVER.BATCH_SIZE // world
+    if per_proc % cfg.MODEL.KEY_BN_SPLITS:
+        raise ValueError(
+            f"per-process batch {per_proc} (SOLVER.BATCH_SIZE / {world} processes) is not "
+            f"divisible by MODEL.KEY_BN_SPLITS={cfg.MODEL.KEY_BN_SPLITS}; change either"
+        )
+
+
 def _knn(cfg, model, ctx, storage, epoch: int) -> float:
     from evaluation.knn import knn_accuracy
 
@@ -121,6 +138,7 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
     device = select_device(cfg.MODEL.DEVICE)
     if device.type == "cpu" and cfg.CPU_THREADS:
         torch.set_num_threads(cfg.CPU_THREADS)
+    _check_inputs(cfg, world)
     dataset = build_train_dataset(cfg)
     _warn_queue_size(cfg, len(dataset))
     loader, sampler = build_train_loader(dataset, cfg, world, rank, device.type == "cuda")
