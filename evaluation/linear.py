@@ -33,7 +33,15 @@ from detectron2.utils.file_io import PathManager
 from detectron2.utils.logger import setup_logger
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .features import lr_at_epoch, make_linear_head, topk_accuracy
+from convert import FORMATS, check_resnet50, load_backbone
+
+from .features import (
+    backbone_hash,
+    evaluate_cached,
+    lr_at_epoch,
+    make_linear_head,
+    topk_accuracy,
+)
 from .knn import backbone_features
 
 logger = logging.getLogger("evaluation.linear")  # not __name__: "__main__" under -m
@@ -47,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="pretraining / MoCo release / torchvision file")
     src.add_argument("--random-init", action="store_true", help="baseline: untrained backbone")
-    p.add_argument("--format", default="auto", help="checkpoint format; see moco-convert --help")
+    p.add_argument(
+        "--format", default="auto", choices=FORMATS, help="checkpoint format; 'auto' detects it"
+    )
     p.add_argument("--prefix", default=None, help="encoder key prefix when not auto-detected")
     p.add_argument("--width-per-group", type=int, default=64, help="--random-init only (16=thin)")
     p.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
@@ -98,8 +108,6 @@ def load_backbone_model(args) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     Reads any supported checkpoint through :func:`convert.load_backbone` (format detection
     lives there only); the torchvision network is built at the detected width.
     """
-    from convert import check_resnet50, load_backbone
-
     if args.random_init:
         torch.manual_seed(args.seed)
         net = torchvision.models.resnet50(width_per_group=args.width_per_group)
@@ -116,8 +124,12 @@ def load_backbone_model(args) -> tuple[nn.Module, dict[str, torch.Tensor]]:
         if unexpected or any(not k.startswith("fc.") for k in missing):
             raise RuntimeError(f"{args.checkpoint}: missing {missing}, unexpected {unexpected}")
         logger.info("Loaded %s (format %s, prefix '%s')", args.checkpoint, ext.fmt, ext.prefix)
-    reference = {k: v.detach().clone() for k, v in net.state_dict().items() if "fc." not in k}
-    reference = {k: v for k, v in reference.items() if not k.endswith("num_batches_tracked")}
+    # A CPU copy taken now, so that the check at the end compares against the loaded weights.
+    reference = {
+        k: v.detach().clone()
+        for k, v in net.state_dict().items()
+        if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+    }
     net.fc = nn.Identity()  # the head lives outside, so only it is DDP-wrapped and trained
     for p in net.parameters():
         p.requires_grad_(False)
@@ -188,7 +200,11 @@ def train_one_epoch(backbone, head, loader, optimizer, device) -> float:
 
 @torch.no_grad()
 def evaluate(backbone, head, loader, device) -> tuple[float, float]:
-    """1-crop top-1 / top-5 (0..1) over the whole val set, summed over all processes."""
+    """1-crop top-1 / top-5 (0..1) over the val set, summed over all processes.
+
+    With several processes, DistributedSampler pads the set to a multiple of the world size,
+    so up to world-1 images count twice (as in the reference implementation).
+    """
     backbone.eval()
     hits, n = torch.zeros(2), 0
     for images, target in loader:
@@ -199,6 +215,16 @@ def evaluate(backbone, head, loader, device) -> tuple[float, float]:
     total = sum(p[1] for p in parts)
     top1, top5 = (sum(p[0] for p in parts) / max(total, 1)).tolist()
     return top1, top5
+
+
+def _writers(args) -> list:
+    """metrics.json and TensorBoard writers on the main process (none elsewhere)."""
+    if not comm.is_main_process():
+        return []
+    return [
+        JSONWriter(os.path.join(args.output_dir, "metrics.json")),
+        TensorboardXWriter(args.output_dir),
+    ]
 
 
 def _finish(args, result: dict) -> dict:
@@ -252,8 +278,6 @@ def _resume(args, head, optimizer, key: str) -> int:
 
 def run(args) -> dict:
     """One process of the linear evaluation; returns the results dict (also results.json)."""
-    from .features import backbone_hash, evaluate_cached
-
     world, rank = comm.get_world_size(), comm.get_rank()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
@@ -287,7 +311,15 @@ def run(args) -> dict:
             seed=args.seed,
         )
         check_backbone_unchanged(backbone, reference)
-        res.pop("history")
+        writers = _writers(args)
+        with EventStorage(0) as storage:
+            for row in res.pop("history"):
+                storage.iter = row.pop("epoch")
+                storage.put_scalars(**row, smoothing_hint=False)
+                for w in writers:
+                    w.write()
+        for w in writers:
+            w.close()
         return _finish(args, {"mode": "cached-features", **base, **res})
 
     train_set, _, train_loader, val_loader = build_loaders(args, world, rank)
@@ -300,18 +332,16 @@ def run(args) -> dict:
     )
     start = _resume(args, head, optimizer, key)
     # Only the head is wrapped: the frozen backbone has no gradients to synchronise.
-    ddp_head = nn.parallel.DistributedDataParallel(head) if world > 1 else head
+    ddp_head = head
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        ddp_head = nn.parallel.DistributedDataParallel(head, device_ids=ids)
     result = {"mode": "full", **base}
     if args.evaluate:
         top1, top5 = evaluate(backbone, head, val_loader, device)
         check_backbone_unchanged(backbone, reference)
         return _finish(args, {**result, "epoch": start, "top1": top1, "top5": top5})
-    writers = []
-    if comm.is_main_process():
-        writers = [
-            JSONWriter(os.path.join(args.output_dir, "metrics.json")),
-            TensorboardXWriter(args.output_dir),
-        ]
+    writers = _writers(args)
     top1 = top5 = float("nan")
     with EventStorage(start) as storage:
         for epoch in range(start, args.epochs):

@@ -120,3 +120,6 @@ def test_cached_protocol_runs(thin_checkpoints, synthetic_cls_root, tmp_path):
     assert res["mode"] == "cached-features"
     assert {"top1", "top5", "knn_top1", "train_loss"} <= set(res)
     assert len(list((tmp_path / "features").glob("*.pt"))) == 2
+    metrics = [json.loads(line) for line in open(tmp_path / "metrics.json")]
+    assert [m["iteration"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert metrics[-1]["top1"] == pytest.approx(res["top1"])
