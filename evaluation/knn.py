@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset, Subset
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("evaluation.knn")  # also when run as __main__
 
 
 def backbone_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ from .data import build_train_dataset, build_train_loader, sample_seed
 from .distributed import maybe_init_from_env, select_device
 from .engine import LoopContext, ProgressPrinter, train_one_epoch
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("pretrain.train_net")  # also when run as __main__
 
 
 def get_parser() -> argparse.ArgumentParser:
