@@ -13,10 +13,9 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.nn as nn
-from iopath.common.file_io import PathManager as _PM
+from detectron2.utils.file_io import PathManager  # iopath, with detectron2's handlers
 
 logger = logging.getLogger(__name__)
-PathManager = _PM()
 FORMAT = "moco-detectron2/pretrain/v1"
 LAST = "last.pth"
 

@@ -11,7 +11,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 import torch
-from iopath.common.file_io import PathManager as _PM
+from detectron2.utils.file_io import PathManager  # iopath, with detectron2's handlers
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets.folder import IMG_EXTENSIONS
@@ -19,7 +19,6 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from .augment import TwoCropsTransform, moco_transform
 
 logger = logging.getLogger(__name__)
-PathManager = _PM()
 
 
 def _is_image(name: str) -> bool:
