@@ -22,8 +22,22 @@ def blur_kernel_size(size: int) -> int:
     return max(3, int(0.1 * size) // 2 * 2 + 1)
 
 
-def moco_transform(aug: str = "aug+", size: int = 224, scale=(0.2, 1.0)) -> T.Compose:
+def jitter_preset(aug: str, jitter=None):
+    """ColorJitter strengths: ``jitter`` if given (4 numbers), else the preset of ``aug``."""
+    if aug not in ("aug+", "v1"):
+        raise ValueError(f"INPUT.AUG={aug!r}: use 'aug+' or 'v1'")
+    if jitter:
+        return tuple(jitter)
+    return (0.4, 0.4, 0.4, 0.1) if aug == "aug+" else (0.4, 0.4, 0.4, 0.4)
+
+
+def moco_transform(
+    aug: str = "aug+", size: int = 224, scale=(0.2, 1.0), jitter=None, gray_p: float = 0.2
+) -> T.Compose:
     """The per-image MoCo augmentation ("aug+" for v2, "v1" for v1) at crop ``size``.
+
+    ``jitter`` (4 strengths) and ``gray_p`` override the preset's colour jitter and grayscale
+    probability (for small-data runs); the defaults are the recipe's.
 
     Input: a PIL image; output: a normalised float tensor 3 x size x size. The reference blurs
     with PIL's radius-sigma filter; torchvision's GaussianBlur needs a finite kernel, and ~10% of
@@ -31,23 +45,22 @@ def moco_transform(aug: str = "aug+", size: int = 224, scale=(0.2, 1.0)) -> T.Co
     """
     normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     crop = T.RandomResizedCrop(size, scale=tuple(scale))
+    color = T.ColorJitter(*jitter_preset(aug, jitter))
     if aug == "aug+":
         ops = [
             crop,
-            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2),
+            T.RandomApply([color], p=0.8),
+            T.RandomGrayscale(p=gray_p),
             T.RandomApply([T.GaussianBlur(blur_kernel_size(size), sigma=(0.1, 2.0))], p=0.5),
             T.RandomHorizontalFlip(),
         ]
-    elif aug == "v1":
+    else:  # "v1" (jitter_preset has rejected any other name)
         ops = [
             crop,
-            T.RandomGrayscale(p=0.2),
-            T.ColorJitter(0.4, 0.4, 0.4, 0.4),
+            T.RandomGrayscale(p=gray_p),
+            color,
             T.RandomHorizontalFlip(),
         ]
-    else:
-        raise ValueError(f"INPUT.AUG={aug!r}: use 'aug+' or 'v1'")
     return T.Compose(ops + [T.ToTensor(), normalize])
 
 
@@ -83,11 +96,9 @@ class BatchedMocoAug:
     it per image). Randomness comes from ``generator`` (or torch's global RNG).
     """
 
-    def __init__(self, aug: str = "aug+", size: int = 224, scale=(0.2, 1.0)):
-        if aug not in ("aug+", "v1"):
-            raise ValueError(f"INPUT.AUG={aug!r}: use 'aug+' or 'v1'")
-        self.aug, self.size, self.scale = aug, size, tuple(scale)
-        self.jitter = (0.4, 0.4, 0.4, 0.1) if aug == "aug+" else (0.4, 0.4, 0.4, 0.4)
+    def __init__(self, aug="aug+", size=224, scale=(0.2, 1.0), jitter=None, gray_p=0.2):
+        self.jitter = jitter_preset(aug, jitter)
+        self.aug, self.size, self.scale, self.gray_p = aug, size, tuple(scale), gray_p
         self.jitter_p = 0.8 if aug == "aug+" else 1.0
         self.blur_p = 0.5 if aug == "aug+" else 0.0
 
@@ -161,7 +172,7 @@ class BatchedMocoAug:
         gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(
             1, keepdim=True
         )
-        to_gray = (self._rand(b, x.device, generator) < 0.2).view(b, 1, 1, 1)
+        to_gray = (self._rand(b, x.device, generator) < self.gray_p).view(b, 1, 1, 1)
         x = torch.where(to_gray, gray.expand_as(x), x)
         if self.blur_p > 0:
             x = self._blur(x, generator)

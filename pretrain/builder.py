@@ -61,6 +61,8 @@ class MoCo(nn.Module):
         mlp: use the v2 MLP head instead of the v1 linear head.
         mlp_hidden: hidden width of the MLP head; 0 means the encoder's feature width (2048).
         head_bn: put a BatchNorm1d after the first MLP layer (not in the paper).
+        out_bn: end the head with BatchNorm1d(dim, affine=False) (not in the paper; it keeps
+            the embedding spread out early in short runs).
         shuffle_bn: shuffle the key batch across processes (no effect in one process).
         key_bn_splits: number of sub-batches over which the key encoder's BN statistics are
             computed in each process (1 = whole per-process batch). >1 gives split BN.
@@ -77,6 +79,7 @@ class MoCo(nn.Module):
         mlp: bool = False,
         mlp_hidden: int = 0,
         head_bn: bool = False,
+        out_bn: bool = False,
         shuffle_bn: bool = True,
         key_bn_splits: int = 1,
         symmetric: bool = False,
@@ -91,10 +94,12 @@ class MoCo(nn.Module):
 
         self.encoder_q = base_encoder(num_classes=dim)
         self.encoder_k = base_encoder(num_classes=dim)
-        if mlp:
-            hidden = mlp_hidden or self.encoder_q.fc.weight.shape[1]
-            self.encoder_q.fc = _mlp_head(self.encoder_q.fc, hidden, head_bn)
-            self.encoder_k.fc = _mlp_head(self.encoder_k.fc, hidden, head_bn)
+        for enc in (self.encoder_q, self.encoder_k):
+            if mlp:
+                enc.fc = _mlp_head(enc.fc, mlp_hidden or enc.fc.weight.shape[1], head_bn)
+            if out_bn:  # centre and scale each embedding dimension over the batch
+                layers = list(enc.fc) if mlp else [enc.fc]
+                enc.fc = nn.Sequential(*layers, nn.BatchNorm1d(dim, affine=False))
 
         for param_q, param_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
             param_k.data.copy_(param_q.data)
@@ -229,6 +234,7 @@ def build_moco(cfg) -> MoCo:
         mlp=cfg.MODEL.MLP,
         mlp_hidden=cfg.MODEL.MLP_HIDDEN_DIM,
         head_bn=cfg.MODEL.HEAD_BN,
+        out_bn=cfg.MODEL.OUT_BN,
         shuffle_bn=cfg.MODEL.SHUFFLE_BN,
         key_bn_splits=cfg.MODEL.KEY_BN_SPLITS,
         symmetric=cfg.MODEL.SYMMETRIC,

@@ -21,6 +21,7 @@ _C.MODEL.DIM = 128  # embedding dimension C of the keys and queries
 _C.MODEL.MLP = True  # v2 MLP head (Linear-ReLU-Linear); False = v1 linear head
 _C.MODEL.MLP_HIDDEN_DIM = 0  # hidden width of the MLP head; 0 = backbone width (2048 for R50)
 _C.MODEL.HEAD_BN = False  # BatchNorm1d after the first head layer (not in the paper)
+_C.MODEL.OUT_BN = False  # BatchNorm1d(DIM, affine=False) at the end of the head (not in paper)
 _C.MODEL.K = 65536  # queue length; keep it well below the number of training images
 _C.MODEL.M = 0.999  # key encoder momentum; lower it (0.99) for runs of a few thousand steps
 _C.MODEL.T = 0.2  # softmax temperature (0.2 for v2, 0.07 for v1)
@@ -35,6 +36,10 @@ _C.INPUT = CN()
 _C.INPUT.AUG = "aug+"  # "aug+" (v2: blur, jitter p=0.8) or "v1" (jitter 0.4 x4, no blur)
 _C.INPUT.SIZE = 224  # crop size fed to the network
 _C.INPUT.CROP_SCALE = (0.2, 1.0)  # RandomResizedCrop area range
+# ColorJitter (brightness, contrast, saturation, hue); () = the preset of INPUT.AUG
+# ((0.4, 0.4, 0.4, 0.1) for aug+, (0.4, 0.4, 0.4, 0.4) for v1).
+_C.INPUT.COLOR_JITTER = ()
+_C.INPUT.GRAY_P = 0.2  # RandomGrayscale probability
 # Batched tensor augmentation on the training device instead of per-image PIL: images are
 # decoded once at LOAD_SIZE and cropped/jittered/blurred as whole batches. Much faster for tiny
 # CPU runs and for feeding GPUs; crops come from a LOAD_SIZE square, not the full image.
@@ -118,6 +123,7 @@ def validate_cfg(cfg: CN) -> None:
         (cfg.SOLVER.BATCH_SIZE > 0, "SOLVER.BATCH_SIZE must be > 0"),
         (cfg.SOLVER.EPOCHS > 0, "SOLVER.EPOCHS must be > 0"),
         (cfg.INPUT.AUG in ("aug+", "v1"), "INPUT.AUG must be 'aug+' or 'v1'"),
+        (len(cfg.INPUT.COLOR_JITTER) in (0, 4), "INPUT.COLOR_JITTER must be () or 4 numbers"),
         (
             cfg.SOLVER.SCHEDULE in ("cosine", "step", "constant"),
             "SOLVER.SCHEDULE must be 'cosine', 'step' or 'constant'",

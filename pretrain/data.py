@@ -169,9 +169,14 @@ def build_train_dataset(cfg) -> TwoViewDataset:
     if cfg.INPUT.BATCHED_AUG:
         transform = LoadAsUint8(load_size(cfg))
     else:
-        transform = TwoCropsTransform(
-            moco_transform(cfg.INPUT.AUG, cfg.INPUT.SIZE, cfg.INPUT.CROP_SCALE)
+        tf = moco_transform(
+            cfg.INPUT.AUG,
+            cfg.INPUT.SIZE,
+            cfg.INPUT.CROP_SCALE,
+            jitter=cfg.INPUT.COLOR_JITTER,
+            gray_p=cfg.INPUT.GRAY_P,
         )
+        transform = TwoCropsTransform(tf)
     return TwoViewDataset(paths, transform, seed=cfg.SEED)
 
 

@@ -176,7 +176,13 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
         channels_last=device.type == "cuda" and cfg.SOLVER.CHANNELS_LAST,
     )
     if cfg.INPUT.BATCHED_AUG:
-        ctx.batched_aug = BatchedMocoAug(cfg.INPUT.AUG, cfg.INPUT.SIZE, cfg.INPUT.CROP_SCALE)
+        ctx.batched_aug = BatchedMocoAug(
+            cfg.INPUT.AUG,
+            cfg.INPUT.SIZE,
+            cfg.INPUT.CROP_SCALE,
+            jitter=cfg.INPUT.COLOR_JITTER,
+            gray_p=cfg.INPUT.GRAY_P,
+        )
     if comm.is_main_process():
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         ctx.writers = [

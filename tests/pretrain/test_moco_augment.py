@@ -92,3 +92,13 @@ def test_batched_aug_full_crop_without_colour_ops_is_resize():
     expected = (128 / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
     # grayscale of a gray pixel is itself, flips change nothing
     assert torch.allclose(out.mean((2, 3)), expected.expand(4, 3), atol=1e-3)
+
+
+def test_jitter_and_grayscale_overrides_reach_both_paths():
+    tf = moco_transform("aug+", 32, jitter=(0.8, 0.8, 0.8, 0.2), gray_p=0.5)
+    ((_, jitter),) = _find(tf, T.ColorJitter)
+    assert jitter.brightness == pytest.approx((0.2, 1.8)) and jitter.hue == (-0.2, 0.2)
+    assert _find(tf, T.RandomGrayscale)[0][1].p == 0.5
+    aug = BatchedMocoAug("aug+", 32, jitter=(0.8, 0.8, 0.8, 0.2), gray_p=0.5)
+    assert aug.jitter == (0.8, 0.8, 0.8, 0.2) and aug.gray_p == 0.5
+    assert BatchedMocoAug("v1", 32).jitter == (0.4, 0.4, 0.4, 0.4)

@@ -158,3 +158,12 @@ def test_collapse_indicators():
 def test_invalid_k():
     with pytest.raises(ValueError, match="MODEL.K"):
         _moco(K=0)
+
+
+def test_out_bn_ends_the_head():
+    model = _moco(mlp=True, mlp_hidden=12, out_bn=True)
+    last = model.encoder_q.fc[-1]
+    assert isinstance(last, nn.BatchNorm1d) and not last.affine and last.num_features == 16
+    assert model(*_views())["loss"].isfinite()
+    v1 = _moco(mlp=False, out_bn=True)
+    assert isinstance(v1.encoder_k.fc[1], nn.BatchNorm1d)

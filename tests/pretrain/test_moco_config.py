@@ -33,6 +33,7 @@ def test_v2_matches_recipe():
     assert c.MODEL.MLP and not c.MODEL.HEAD_BN and c.MODEL.MLP_HIDDEN_DIM in (0, 2048)
     assert (c.MODEL.K, c.MODEL.M, c.MODEL.T) == (65536, 0.999, 0.2)
     assert c.INPUT.AUG == "aug+" and c.INPUT.SIZE == 224 and tuple(c.INPUT.CROP_SCALE) == (0.2, 1)
+    assert tuple(c.INPUT.COLOR_JITTER) == () and c.INPUT.GRAY_P == 0.2 and not c.MODEL.OUT_BN
     s = c.SOLVER
     assert (s.BATCH_SIZE, s.EPOCHS, s.MOMENTUM, s.WEIGHT_DECAY) == (256, 200, 0.9, 1e-4)
     assert s.SCHEDULE == "cosine" and s.WARMUP_EPOCHS == 0 and s.WARMUP_ITERS == 0
