@@ -40,8 +40,8 @@ def moco_transform(
     probability (for small-data runs); the defaults are the recipe's.
 
     Input: a PIL image; output: a normalised float tensor 3 x size x size. The reference blurs
-    with PIL's radius-sigma filter; torchvision's GaussianBlur needs a finite kernel, and ~10% of
-    the image covers +-2.5 sigma at sigma 2 for 224 px.
+    with PIL's radius-sigma filter; torchvision's GaussianBlur needs a finite kernel: ~10% of the
+    image, 23 px at 224 (+-5.5 sigma at sigma 2); at tiny sizes it truncates the larger sigmas.
     """
     normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     crop = T.RandomResizedCrop(size, scale=tuple(scale))
