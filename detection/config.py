@@ -45,6 +45,9 @@ def add_moco_detection_config(cfg):
     # With one process, replace the synchronised norms of SYNC_NORMS by plain "BN" (same
     # statistics, no process group needed). Multi-process runs always keep the configured norm.
     _C.TRANSFER.SYNC_NORM_TO_BN_IN_ONE_PROCESS = True
+    # torch CPU threads per process when MODEL.DEVICE is "cpu" (0: torch's default). On a small
+    # CPU shared with other jobs, 1 avoids OpenMP threads spin-waiting on each other.
+    _C.TRANSFER.CPU_THREADS = 0
 
 
 def resolve_single_process(cfg, world_size):

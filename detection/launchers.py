@@ -34,19 +34,21 @@ class LocalLauncher:
         return proc.poll()
 
     def stop(self, proc):
-        """Terminate the process group of ``proc`` (SIGTERM, then SIGKILL after the timeout)."""
-        if proc.poll() is not None:
+        """Terminate the process group of ``proc``: SIGTERM, wait up to the timeout for
+        ``proc``, then SIGKILL whatever is left of the group (workers that outlived it)."""
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
             return
-        for sig, timeout in ((signal.SIGTERM, self.stop_timeout), (signal.SIGKILL, None)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                proc.wait(timeout=timeout)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        try:
+            proc.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
 class SlurmLauncher:

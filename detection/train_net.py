@@ -15,6 +15,7 @@ import logging
 import os
 
 import detectron2.utils.comm as comm
+import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
@@ -68,6 +69,8 @@ def setup(args):
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detection")
     for note in notes:
         logger.info("Config adjusted: %s", note)
+    if cfg.MODEL.DEVICE == "cpu" and cfg.TRANSFER.CPU_THREADS > 0:
+        torch.set_num_threads(cfg.TRANSFER.CPU_THREADS)
     register_from_config(cfg)
     return cfg
 

@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 from detectron2.utils.logger import setup_logger
@@ -347,7 +348,9 @@ def main(argv=None):
     def command(t):
         return trial_command(config_file, t, args.gpus_per_trial, opts)
 
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop children too
+    # SIGTERM stops the running trials like Ctrl-C (signals can only be set in the main thread).
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main else None
     try:
         run_trials(
             trials, launcher, command, slots, args.retries, args.log_period, cfg.SOLVER.MAX_ITER
@@ -355,7 +358,8 @@ def main(argv=None):
     except KeyboardInterrupt:
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
     summary = aggregate(trials, reference)
     summary.update(config_file=config_file, overrides=opts)
     paths = write_summary(out_dir, summary)

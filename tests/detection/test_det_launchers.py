@@ -90,6 +90,9 @@ def test_local_launcher_stops_the_whole_process_group(tmp_path):
         time.sleep(0.05)
     launcher.stop(proc)
     assert proc.poll() is not None
+    deadline = time.time() + 10  # signals are delivered asynchronously
+    while live_group_members(proc.pid) and time.time() < deadline:
+        time.sleep(0.05)
     assert live_group_members(proc.pid) == []  # the child went with its parent
 
 
