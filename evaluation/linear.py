@@ -30,10 +30,10 @@ from detectron2.engine import launch
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
 from detectron2.utils.file_io import PathManager
-from detectron2.utils.logger import setup_logger
 from torch.utils.data import DataLoader, DistributedSampler
 
 from convert import FORMATS, check_resnet50, load_backbone
+from pretrain.logs import setup_named_logger
 
 from .features import (
     backbone_hash,
@@ -284,7 +284,7 @@ def run(args) -> dict:
         device = torch.device("cuda", comm.get_local_rank())
     PathManager.mkdirs(args.output_dir)
     for name in ("evaluation", "convert"):
-        setup_logger(args.output_dir, distributed_rank=rank, name=name)
+        setup_named_logger(args.output_dir, distributed_rank=rank, name=name)
     torch.manual_seed(args.seed + rank)
     backbone, reference = load_backbone_model(args)
     backbone.to(device)

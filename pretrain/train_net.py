@@ -21,7 +21,6 @@ import torch
 from detectron2.engine import default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
-from detectron2.utils.logger import setup_logger
 
 from .augment import BatchedMocoAug
 from .builder import build_moco
@@ -38,6 +37,7 @@ from .config import load_cfg
 from .data import build_train_dataset, build_train_loader, sample_seed
 from .distributed import maybe_init_from_env, select_device
 from .engine import LoopContext, ProgressPrinter, train_one_epoch
+from .logs import setup_named_logger
 
 logger = logging.getLogger("pretrain.train_net")  # also when run as __main__
 
@@ -231,7 +231,7 @@ def setup(args):
     cfg = load_cfg(args.config_file, args.opts)
     default_setup(cfg, args)
     for name in ("pretrain", "evaluation"):
-        setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name=name)
+        setup_named_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name=name)
     return cfg
 
 
