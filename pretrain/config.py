@@ -60,6 +60,7 @@ _C.SOLVER.EPOCHS = 200
 _C.SOLVER.BASE_LR = 0.0
 _C.SOLVER.REFERENCE_LR = 0.03  # lr at REFERENCE_BATCH for the linear scaling rule
 _C.SOLVER.REFERENCE_BATCH = 256
+_C.SOLVER.OPTIMIZER = "SGD"  # "SGD" (the paper) or "AdamW" (tiny CPU runs; see docs/tiny_recipe.md)
 _C.SOLVER.MOMENTUM = 0.9  # SGD momentum
 _C.SOLVER.WEIGHT_DECAY = 1e-4
 _C.SOLVER.SCHEDULE = "cosine"  # "cosine" (v2), "step" (v1) or "constant"
@@ -129,6 +130,7 @@ def validate_cfg(cfg: CN) -> None:
             "SOLVER.SCHEDULE must be 'cosine', 'step' or 'constant'",
         ),
         (cfg.SOLVER.AMP in ("", "bf16", "fp16"), "SOLVER.AMP must be '', 'bf16' or 'fp16'"),
+        (cfg.SOLVER.OPTIMIZER in ("SGD", "AdamW"), "SOLVER.OPTIMIZER must be 'SGD' or 'AdamW'"),
         (
             bool(cfg.DATA.KNN_TRAIN) == bool(cfg.DATA.KNN_VAL),
             "DATA.KNN_TRAIN and DATA.KNN_VAL must be set together (or both left empty)",

@@ -151,9 +151,7 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
     if device.type == "cuda" and cfg.SOLVER.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(
-        params, lr=0.0, momentum=cfg.SOLVER.MOMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY
-    )
+    optimizer = build_optimizer(cfg, params)
     amp_dtype = _amp_dtype(cfg, device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
@@ -224,6 +222,15 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
     if ctx.skipped_images:
         logger.warning("%d unreadable image(s) were skipped in total", ctx.skipped_images)
     return result
+
+
+def build_optimizer(cfg, params) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper), or AdamW for tiny CPU runs; lr is set by the schedule."""
+    if cfg.SOLVER.OPTIMIZER == "AdamW":
+        return torch.optim.AdamW(params, lr=0.0, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+    return torch.optim.SGD(
+        params, lr=0.0, momentum=cfg.SOLVER.MOMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+    )
 
 
 def setup(args):

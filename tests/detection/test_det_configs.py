@@ -20,7 +20,7 @@ VOC_RECIPE = {
     "MODEL.MASK_ON": False,
     "MODEL.ROI_HEADS.NAME": "Res5ROIHeadsExtraNorm",
     "MODEL.ROI_HEADS.NUM_CLASSES": 20,
-    "MODEL.RESNETS.NORM": "SyncBN",
+    "MODEL.RESNETS.NORM": "naiveSyncBN",
     "MODEL.RESNETS.DEPTH": 50,
     "MODEL.RESNETS.STRIDE_IN_1X1": False,
     "MODEL.BACKBONE.FREEZE_AT": 0,
@@ -139,8 +139,8 @@ def test_one_process_uses_plain_bn_and_no_amp_on_cpu():
 
     cfg = load_cfg(VOC_MOCO, "SOLVER.AMP.ENABLED", "True", "MODEL.DEVICE", "cuda")
     assert resolve_single_process(cfg, world_size=8) == []
-    assert cfg.MODEL.RESNETS.NORM == "SyncBN" and cfg.SOLVER.AMP.ENABLED is True
+    assert cfg.MODEL.RESNETS.NORM == "naiveSyncBN" and cfg.SOLVER.AMP.ENABLED is True
 
     cfg = load_cfg(VOC_MOCO, "TRANSFER.SYNC_NORM_TO_BN_IN_ONE_PROCESS", "False")
     resolve_single_process(cfg, world_size=1)
-    assert cfg.MODEL.RESNETS.NORM == "SyncBN"
+    assert cfg.MODEL.RESNETS.NORM == "naiveSyncBN"
