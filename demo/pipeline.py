@@ -42,7 +42,8 @@ class Progress:
     def finish(self, stage: str, note: str = "") -> None:
         self.spent[stage] = time.time() - self._stage_t0
         self.estimated_done += self.estimates.get(stage, 0.0)
-        logger.info("%s: done in %s%s", stage, _hms(self.spent[stage]), f" ({note})" if note else "")
+        note = f" ({note})" if note else ""
+        logger.info("%s: done in %s%s", stage, _hms(self.spent[stage]), note)
 
 
 def _hms(seconds: float) -> str:
@@ -137,24 +138,47 @@ def convert_to_d2(checkpoint: str, pkl: str) -> str:
     return result.report()
 
 
-def run_detection(out: str, name: str, weights: str, voc: str, preset: Preset, seeds) -> dict:
-    """Multi-seed fine-tunes through the trial runner; returns the loaded summary."""
-    from detection.summary import load_summary
-    from detection.trials import main
+def run_detection(out: str, weights: dict, voc: str, preset: Preset, seeds) -> dict:
+    """Multi-seed fine-tunes through the trial runner, one runner process per entry of
+    ``weights`` (name -> MODEL.WEIGHTS, "" for random init), all at once: each trial uses one
+    CPU thread (configs/detection/tiny_synthetic.yaml), so the two inits share a 2-core machine
+    without slowing each other much. Returns the loaded summaries by name. Finished trials are
+    kept, so a rerun continues where an interrupted one stopped."""
+    import subprocess
+    import sys
 
-    folder = os.path.join(out, "detection", name)
-    argv = [
-        "--config-file", DETECT_CFG, "--output-dir", folder, "--seeds", *map(str, seeds),
-        "--reference", "none", "--log-period", "30",
-        "MODEL.WEIGHTS", weights, "TRANSFER.VOC_LIKE_ROOT", voc, *preset.detection_opts,
-    ]
-    status = main(argv)
-    if status != 0:
+    from detection.summary import load_summary
+
+    procs = {}
+    try:
+        for name, w in weights.items():
+            folder = os.path.join(out, "detection", name)
+            os.makedirs(folder, exist_ok=True)
+            argv = [
+                sys.executable, "-m", "detection.trials", "--config-file", DETECT_CFG,
+                "--output-dir", folder, "--seeds", *map(str, seeds), "--reference", "none",
+                "--log-period", "60", "MODEL.WEIGHTS", w, "TRANSFER.VOC_LIKE_ROOT", voc,
+                *preset.detection_opts,
+            ]
+            logger.info("detection trials %r: %s", name, " ".join(argv[1:]))
+            procs[name] = subprocess.Popen(argv, cwd=ROOT)
+        status = {name: p.wait() for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
+    failed = [name for name, code in status.items() if code != 0]
+    if failed:
         raise RuntimeError(
-            f"detection trials for {name!r} failed (exit {status}); see {folder}/trials.log and "
-            f"the train_net.out of each trial folder. Rerun the demo to resume."
+            f"detection trials for {failed} failed (exit {[status[n] for n in failed]}); see "
+            f"trials.log in {os.path.join(out, 'detection')}/<name> and the train_net.out of each "
+            "trial folder. Rerun the demo to resume."
         )
-    return load_summary(os.path.join(folder, "summary.json"))
+    return {
+        name: load_summary(os.path.join(out, "detection", name, "summary.json"))
+        for name in weights
+    }
 
 
 def write_report(out: str, knn: dict, summaries: dict) -> dict:
@@ -234,10 +258,7 @@ def run_demo(output_dir: str, preset="default", seeds=None, data_seed: int = 0) 
     progress.finish("convert", pkl)
 
     progress.start("detect")
-    summaries = {
-        "moco": run_detection(out, "moco", pkl, data["voc"], preset, seeds),
-        "random_init": run_detection(out, "random_init", "", data["voc"], preset, seeds),
-    }
+    summaries = run_detection(out, {"moco": pkl, "random_init": ""}, data["voc"], preset, seeds)
     progress.finish("detect")
 
     progress.start("report")

@@ -48,6 +48,9 @@ _C.INPUT.LOAD_SIZE = 0  # square size images are decoded to for BATCHED_AUG; 0 =
 
 _C.DATA = CN()
 _C.DATA.TRAIN = ""  # ImageFolder root (class sub-folders) or a text file with one path a line
+# Keep decoded images in memory (BATCHED_AUG only): for small sets such as the synthetic one,
+# where decoding JPEGs would otherwise cost as much as the network step on a CPU.
+_C.DATA.CACHE_DECODED = False
 _C.DATA.NUM_WORKERS = 8  # loader processes per training process; raise until data time ~0
 # Labelled ImageFolder roots for the kNN monitor (both needed; empty = no monitor).
 _C.DATA.KNN_TRAIN = ""

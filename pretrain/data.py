@@ -104,12 +104,15 @@ class TwoViewDataset(Dataset):
     number of unreadable images passed over to produce this sample. Indexed by ``(epoch, i)``
     (see :class:`EpochSampler`), the transform's torch randomness is seeded from
     (``seed``, epoch, i), so augmentation does not depend on worker count or on earlier epochs.
+    ``cache=True`` keeps each result in memory after its first load (in each loader process);
+    only for a deterministic ``transform`` such as :class:`LoadAsUint8` on a small dataset.
     """
 
-    def __init__(self, paths: Sequence[str], transform, seed: int = 0):
+    def __init__(self, paths: Sequence[str], transform, seed: int = 0, cache: bool = False):
         self.paths = list(paths)
         self.transform = transform
         self.seed = seed
+        self.cache = {} if cache else None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -124,6 +127,13 @@ class TwoViewDataset(Dataset):
             return self._load(index)
 
     def _load(self, index: int):
+        if self.cache is not None:
+            if index not in self.cache:
+                self.cache[index] = self._read(index)
+            return self.cache[index]
+        return self._read(index)
+
+    def _read(self, index: int):
         for skipped in range(len(self.paths)):
             path = self.paths[(index + skipped) % len(self.paths)]
             try:
@@ -166,8 +176,14 @@ def load_size(cfg) -> int:
 def build_train_dataset(cfg) -> TwoViewDataset:
     """The pretraining dataset of ``cfg.DATA.TRAIN``: two PIL views, or one uint8 image."""
     paths = list_images(cfg.DATA.TRAIN, "DATA.TRAIN")
+    if cfg.DATA.CACHE_DECODED and not cfg.INPUT.BATCHED_AUG:
+        raise ValueError(
+            "DATA.CACHE_DECODED needs INPUT.BATCHED_AUG True (only decoded images are cached; "
+            "per-image augmentation is random)"
+        )
     if cfg.INPUT.BATCHED_AUG:
         transform = LoadAsUint8(load_size(cfg))
+        return TwoViewDataset(paths, transform, seed=cfg.SEED, cache=cfg.DATA.CACHE_DECODED)
     else:
         tf = moco_transform(
             cfg.INPUT.AUG,

@@ -41,3 +41,58 @@ def synthetic_voc_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic_voc")
     synthetic.make_voc(str(root), **SYNTHETIC_VOC_KWARGS)
     return root
+
+
+# The learning tests' pretraining run (tests/pretrain/test_moco_learning.py and
+# tests/evaluation/test_pretrained_beats_random.py share it): configs/pretrain/tiny_synthetic.yaml
+# as shipped except for the paths and a shorter step budget, on the data design the config is
+# made for (400 training images per class, so that the queue K=256 stays well below the number
+# of images; 50 val images per class, so that one image is 0.25 points of top-1).
+LEARNING_DATA_KWARGS = dict(
+    seed=0, num_classes=8, train_per_class=400, val_per_class=50, image_size=64
+)
+LEARNING_EPOCHS = 5  # of the shipped 10 (250 steps), to keep `make test` under 15 minutes
+
+
+@pytest.fixture(scope="session")
+def tiny_moco_run(tmp_path_factory):
+    """Pretrain once with the tiny recipe; return paths and the random-init baseline.
+
+    Returns a dict: ``data`` (root of the ImageFolder set), ``cfg`` (the config used),
+    ``init_path`` (the step-0 model, same seed, same checkpoint format as ``trained_path``),
+    ``trained_path`` (``last.pth``), ``result`` (what ``pretrain.train_net.train`` returned,
+    with the final ``knn_top1``) and ``minutes`` (training wall time).
+    """
+    import os
+    import time
+
+    import torch
+
+    from pretrain.builder import build_moco
+    from pretrain.checkpoint import FORMAT
+    from pretrain.config import load_cfg
+    from pretrain.train_net import train
+
+    root = tmp_path_factory.mktemp("tiny_moco_run")
+    data = root / "data"
+    synthetic.make_classification(str(data), **LEARNING_DATA_KWARGS)
+    config = os.path.join(
+        os.path.dirname(__file__), "..", "configs", "pretrain", "tiny_synthetic.yaml"
+    )
+    opts = ["DATA.TRAIN", str(data / "train"), "OUTPUT_DIR", str(root / "pretrain")]
+    opts += ["DATA.KNN_TRAIN", str(data / "train"), "DATA.KNN_VAL", str(data / "val")]
+    opts += ["SOLVER.EPOCHS", str(LEARNING_EPOCHS), "TEST.KNN_PERIOD", str(LEARNING_EPOCHS)]
+    cfg = load_cfg(config, opts)
+    torch.manual_seed(cfg.SEED)  # train() seeds the same way before building the model
+    init_path = str(root / "init.pth")
+    torch.save({"model": build_moco(cfg).state_dict(), "format": FORMAT}, init_path)
+    start = time.perf_counter()
+    result = train(cfg, auto_resume=False)
+    return dict(
+        data=data,
+        cfg=cfg,
+        init_path=init_path,
+        trained_path=str(root / "pretrain" / "last.pth"),
+        result=result,
+        minutes=(time.perf_counter() - start) / 60,
+    )
