@@ -28,7 +28,9 @@ class Progress:
         """Seconds still expected for the stages not yet finished."""
         left = sum(v for k, v in self.estimates.items() if k not in self.spent)
         done = sum(self.spent.values())
-        speed = done / self.estimated_done if self.estimated_done > 1 else 1.0
+        # Rescale only once a minute of estimated work is done: a few seconds of data generation
+        # say little about the machine's speed for the long stages.
+        speed = done / self.estimated_done if self.estimated_done >= 60 else 1.0
         return left * speed
 
     def start(self, stage: str) -> None:
