@@ -83,7 +83,7 @@ _C.TEST.KNN_K = 20  # neighbours for weighted kNN
 _C.TEST.KNN_T = 0.07  # temperature of the kNN neighbour weights exp(sim / T)
 _C.TEST.KNN_SIZE = 0  # kNN image size (resize 1.14x then center crop); 0 = INPUT.SIZE
 
-_C.CHECKPOINT_PERIOD = 10  # save checkpoint_<epoch>.pth every N epochs (last.pth every epoch)
+_C.CHECKPOINT_PERIOD = 10  # save checkpoint_<epoch:04d>.pth every N epochs (last.pth every epoch)
 _C.LOG_PERIOD = 20  # iterations between metric writes (progress line, metrics.json, TB)
 _C.OUTPUT_DIR = "./output/pretrain"
 _C.SEED = 0  # data order and augmentation are a function of (SEED, epoch, rank)
