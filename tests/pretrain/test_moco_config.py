@@ -104,8 +104,25 @@ def test_warmup_and_per_iteration_lr():
 
 @pytest.mark.parametrize(
     "key,value,match",
-    [("MODEL.K", "0", "MODEL.K"), ("INPUT.AUG", "aug2", "INPUT.AUG"), ("MODEL.T", "0", "MODEL.T")],
+    [
+        ("MODEL.K", "0", "MODEL.K"),
+        ("INPUT.AUG", "aug2", "INPUT.AUG"),
+        ("MODEL.T", "0", "MODEL.T"),
+        ("SOLVER.OPTIMIZER", "Adam", "SOLVER.OPTIMIZER"),
+    ],
 )
 def test_invalid_values_name_the_key(key, value, match):
     with pytest.raises(ValueError, match=match):
         load_cfg("", [key, value])
+
+
+def test_optimizer_choice():
+    import torch
+
+    from pretrain.train_net import build_optimizer
+
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    sgd = build_optimizer(load_cfg("", []), params)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
+    adamw = build_optimizer(load_cfg("", ["SOLVER.OPTIMIZER", "AdamW"]), params)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 1e-4

@@ -65,3 +65,24 @@ def test_augmentation_is_a_function_of_seed_epoch_index(tmp_path):
     sampler = EpochSampler(ds, num_replicas=1, rank=0, seed=0)
     sampler.set_epoch(4)
     assert {e for e, _ in sampler} == {4}
+
+
+def test_decoded_image_cache(tmp_path, monkeypatch):
+    paths = list_images(str(_folder(tmp_path, corrupt=False)))
+    ds = TwoViewDataset(paths, LoadAsUint8(16), cache=True)
+    first = ds[(0, 1)][0]
+    monkeypatch.setattr("pretrain.data.PathManager.open", None)  # no more file reads allowed
+    again = ds[(3, 1)][0]
+    assert again is first  # served from memory, whatever the epoch
+    with pytest.raises(RuntimeError, match="no readable image"):
+        ds[(0, 2)]  # an index not cached yet still reads files (here: all fail)
+
+
+def test_decoded_image_cache_needs_batched_aug(tmp_path):
+    from pretrain.config import load_cfg
+    from pretrain.data import build_train_dataset
+
+    _folder(tmp_path, corrupt=False)
+    cfg = load_cfg("", ["DATA.TRAIN", str(tmp_path), "DATA.CACHE_DECODED", "True"])
+    with pytest.raises(ValueError, match="INPUT.BATCHED_AUG"):
+        build_train_dataset(cfg)
