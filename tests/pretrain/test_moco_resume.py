@@ -30,6 +30,9 @@ def _cfg(root, out, batched: bool):
         "INPUT.SIZE": 32,
         "INPUT.LOAD_SIZE": 40,
         "INPUT.BATCHED_AUG": batched,
+        "DATA.CACHE_DECODED": batched,  # the cache only serves the batched path
+        # both optimizers: AdamW (the tiny recipe's) and SGD with momentum (the paper's)
+        "SOLVER.OPTIMIZER": "AdamW" if batched else "SGD",
         "DATA.NUM_WORKERS": 0 if batched else 1,  # the PIL path through a worker process
         "SOLVER.BATCH_SIZE": 8,
         "SOLVER.EPOCHS": 2,
@@ -59,9 +62,14 @@ def test_resume_matches_uninterrupted(synthetic_cls_root, tmp_path, batched):
     assert not any(k.startswith("module.") for k in a["model"])
     for key, value in a["model"].items():
         assert torch.equal(value, b["model"][key]), key
-    mom_a = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
-    mom_b = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
-    assert all(torch.equal(x, y) for x, y in zip(mom_a, mom_b)) and len(mom_a) > 0
+    state_a, state_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert state_a.keys() == state_b.keys() and len(state_a) > 0
+    buffer = "exp_avg" if batched else "momentum_buffer"  # AdamW / SGD state
+    for idx, st in state_a.items():
+        assert buffer in st, (buffer, sorted(st))
+        for name, value in st.items():
+            if torch.is_tensor(value):
+                assert torch.equal(value, state_b[idx][name]), (idx, name)
     # training changed the weights and the queue (so the comparison above can fail)
     torch.manual_seed(cfg.SEED)  # train() builds the model right after this seed
     init = build_moco(cfg).state_dict()
