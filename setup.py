@@ -7,8 +7,9 @@ setup(
     version="0.1.0",
     description="MoCo v2 pretraining, conversion to Detectron2 R50-C4 and multi-seed VOC transfer",
     python_requires=">=3.10",
-    packages=find_packages(include=["pretrain*", "convert*", "detection*", "evaluation*",
-                                    "synthetic*", "demo*"]),
+    packages=find_packages(
+        include=["pretrain*", "convert*", "detection*", "evaluation*", "synthetic*", "demo*"]
+    ),
     include_package_data=True,
     # Minimums only: the exact versions for the reference platform live in
     # requirements/platform.txt, so users on another CUDA can install their own torch first.

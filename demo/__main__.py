@@ -15,15 +15,21 @@ from .presets import PRESETS
 def main(argv=None) -> int:
     """Parse arguments, run the demo, print the report. Returns 0, or 1 when ``--strict`` and
     a claim does not hold."""
-    p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--output-dir", default="output/demo", help="all artefacts go here")
-    p.add_argument("--preset", default="default", choices=sorted(PRESETS),
-                   help="'smoke' checks the glue in about a minute; its numbers mean nothing")
+    p.add_argument(
+        "--preset",
+        default="default",
+        choices=sorted(PRESETS),
+        help="'smoke' checks the glue in about a minute; its numbers mean nothing",
+    )
     p.add_argument("--seeds", type=int, nargs="+", help="detection trial seeds (default: 3)")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the generated data")
-    p.add_argument("--strict", action="store_true",
-                   help="exit with status 1 if MoCo does not beat random init")
+    p.add_argument(
+        "--strict", action="store_true", help="exit with status 1 if MoCo does not beat random init"
+    )
     args = p.parse_args(argv)
 
     from detectron2.utils.logger import setup_logger

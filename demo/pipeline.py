@@ -37,7 +37,11 @@ class Progress:
         i = STAGES.index(stage) + 1
         logger.info(
             "[%d/%d] %s: starting (elapsed %s, ETA %s)",
-            i, len(STAGES), stage, _hms(time.time() - self.t0), _hms(self.eta()),
+            i,
+            len(STAGES),
+            stage,
+            _hms(time.time() - self.t0),
+            _hms(self.eta()),
         )
         self._stage_t0 = time.time()
 
@@ -70,15 +74,24 @@ def make_data(out: str, preset: Preset, seed: int) -> dict:
         with open(marker) as f:
             return json.load(f)
     cls = synthetic.make_classification(
-        os.path.join(data, "cls"), seed=seed, num_classes=preset.num_classes,
-        train_per_class=preset.train_per_class, val_per_class=preset.val_per_class,
+        os.path.join(data, "cls"),
+        seed=seed,
+        num_classes=preset.num_classes,
+        train_per_class=preset.train_per_class,
+        val_per_class=preset.val_per_class,
     )
     voc = synthetic.make_voc(
-        os.path.join(data, "voc"), seed=seed, trainval_images=preset.voc_trainval,
+        os.path.join(data, "voc"),
+        seed=seed,
+        trainval_images=preset.voc_trainval,
         test_images=preset.voc_test,
     )
-    info = {"cls": os.path.join(data, "cls"), "voc": os.path.join(data, "voc"),
-            "cls_summary": cls, "voc_summary": voc}
+    info = {
+        "cls": os.path.join(data, "cls"),
+        "voc": os.path.join(data, "voc"),
+        "cls_summary": cls,
+        "voc_summary": voc,
+    }
     _write_json(marker, info)
     return info
 
@@ -87,12 +100,18 @@ def pretrain_opts(out: str, preset: Preset, data: dict, seed: int) -> list:
     """Overrides of configs/pretrain/tiny_synthetic.yaml for this demo folder."""
     return [
         *preset.pretrain_opts,
-        "DATA.TRAIN", os.path.join(data["cls"], "train"),
-        "DATA.KNN_TRAIN", os.path.join(data["cls"], "train"),
-        "DATA.KNN_VAL", os.path.join(data["cls"], "val"),
-        "TEST.KNN_PERIOD", "0",  # the knn stage measures both inits the same way afterwards
-        "OUTPUT_DIR", os.path.join(out, "pretrain"),
-        "SEED", str(seed),
+        "DATA.TRAIN",
+        os.path.join(data["cls"], "train"),
+        "DATA.KNN_TRAIN",
+        os.path.join(data["cls"], "train"),
+        "DATA.KNN_VAL",
+        os.path.join(data["cls"], "val"),
+        "TEST.KNN_PERIOD",
+        "0",  # the knn stage measures both inits the same way afterwards
+        "OUTPUT_DIR",
+        os.path.join(out, "pretrain"),
+        "SEED",
+        str(seed),
     ]
 
 
@@ -121,9 +140,15 @@ def knn_random_vs_trained(opts: list, checkpoint: str) -> dict:
         if name == "moco":
             model.load_state_dict(load_checkpoint(checkpoint)["model"])
         acc = knn_accuracy(
-            model.encoder_q, cfg.DATA.KNN_TRAIN, cfg.DATA.KNN_VAL,
-            size=cfg.TEST.KNN_SIZE or cfg.INPUT.SIZE, batch_size=cfg.SOLVER.BATCH_SIZE,
-            workers=0, k=cfg.TEST.KNN_K, T=cfg.TEST.KNN_T, device=torch.device("cpu"),
+            model.encoder_q,
+            cfg.DATA.KNN_TRAIN,
+            cfg.DATA.KNN_VAL,
+            size=cfg.TEST.KNN_SIZE or cfg.INPUT.SIZE,
+            batch_size=cfg.SOLVER.BATCH_SIZE,
+            workers=0,
+            k=cfg.TEST.KNN_K,
+            T=cfg.TEST.KNN_T,
+            device=torch.device("cpu"),
         )
         result[name] = 100.0 * acc
         logger.info("kNN top-1 (k=%d), %s: %.2f%%", cfg.TEST.KNN_K, name, result[name])
@@ -140,6 +165,15 @@ def convert_to_d2(checkpoint: str, pkl: str) -> str:
     return result.report()
 
 
+def _relay_lines(stream, prefix: str) -> None:
+    """Copy ``stream`` to this process's stdout line by line, each line prefixed."""
+    import sys
+
+    for line in stream:
+        sys.stdout.write(prefix + line)
+        sys.stdout.flush()
+
+
 def run_detection(out: str, weights: dict, voc: str, preset: Preset, seeds) -> dict:
     """Multi-seed fine-tunes through the trial runner, one runner process per entry of
     ``weights`` (name -> MODEL.WEIGHTS, "" for random init), all at once: each trial uses one
@@ -148,23 +182,53 @@ def run_detection(out: str, weights: dict, voc: str, preset: Preset, seeds) -> d
     kept, so a rerun continues where an interrupted one stopped."""
     import subprocess
     import sys
+    import threading
 
     from detection.summary import load_summary
 
-    procs = {}
+    procs, relays = {}, []
     try:
         for name, w in weights.items():
             folder = os.path.join(out, "detection", name)
             os.makedirs(folder, exist_ok=True)
             argv = [
-                sys.executable, "-m", "detection.trials", "--config-file", DETECT_CFG,
-                "--output-dir", folder, "--seeds", *map(str, seeds), "--reference", "none",
-                "--log-period", "60", "MODEL.WEIGHTS", w, "TRANSFER.VOC_LIKE_ROOT", voc,
+                sys.executable,
+                "-m",
+                "detection.trials",
+                "--config-file",
+                DETECT_CFG,
+                "--output-dir",
+                folder,
+                "--seeds",
+                *map(str, seeds),
+                "--reference",
+                "none",
+                "--log-period",
+                "60",
+                "MODEL.WEIGHTS",
+                w,
+                "TRANSFER.VOC_LIKE_ROOT",
+                voc,
                 *preset.detection_opts,
             ]
             logger.info("detection trials %r: %s", name, " ".join(argv[1:]))
-            procs[name] = subprocess.Popen(argv, cwd=ROOT)
+            procs[name] = subprocess.Popen(
+                argv,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+            )
+            # both runners print to one screen: prefix each line with its init's name
+            relay = threading.Thread(
+                target=_relay_lines, args=(procs[name].stdout, f"[{name}] "), daemon=True
+            )
+            relay.start()
+            relays.append(relay)
         status = {name: p.wait() for name, p in procs.items()}
+        for relay in relays:
+            relay.join(timeout=10)
     finally:
         for p in procs.values():
             if p.poll() is None:
@@ -178,8 +242,7 @@ def run_detection(out: str, weights: dict, voc: str, preset: Preset, seeds) -> d
             "trial folder. Rerun the demo to resume."
         )
     return {
-        name: load_summary(os.path.join(out, "detection", name, "summary.json"))
-        for name in weights
+        name: load_summary(os.path.join(out, "detection", name, "summary.json")) for name in weights
     }
 
 
@@ -198,32 +261,38 @@ def write_report(out: str, knn: dict, summaries: dict) -> dict:
         "ap50_moco_beats_random": ap_moco > ap_rand,
     }
     verdict = {True: "holds", False: "DOES NOT HOLD"}
-    text = "\n".join([
-        "# Demo report (tiny CPU run on generated data; not comparable with the paper)",
-        "",
-        "## Pretrained features: weighted kNN top-1 on the synthetic val split",
-        "",
-        "| encoder | kNN top-1 (%) |",
-        "| --- | --- |",
-        f"| random init | {knn['random_init']:.2f} |",
-        f"| MoCo (tiny) | {knn['moco']:.2f} |",
-        f"| chance | {knn['chance']:.2f} |",
-        "",
-        "## Detection transfer: Faster R-CNN R50-C4 (thin), synthetic VOC07+12 -> VOC07 test",
-        "",
-        table,
-        "## Claims",
-        "",
-        f"- MoCo kNN > random-init kNN: {verdict[claims['knn_moco_beats_random']]} "
-        f"({knn['moco']:.2f} vs {knn['random_init']:.2f})",
-        f"- MoCo-init mean AP50 > random-init mean AP50: "
-        f"{verdict[claims['ap50_moco_beats_random']]} ({ap_moco:.2f} vs {ap_rand:.2f})",
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# Demo report (tiny CPU run on generated data; not comparable with the paper)",
+            "",
+            "## Pretrained features: weighted kNN top-1 on the synthetic val split",
+            "",
+            "| encoder | kNN top-1 (%) |",
+            "| --- | --- |",
+            f"| random init | {knn['random_init']:.2f} |",
+            f"| MoCo (tiny) | {knn['moco']:.2f} |",
+            f"| chance | {knn['chance']:.2f} |",
+            "",
+            "## Detection transfer: Faster R-CNN R50-C4 (thin), synthetic VOC07+12 -> VOC07 test",
+            "",
+            table,
+            "## Claims",
+            "",
+            f"- MoCo kNN > random-init kNN: {verdict[claims['knn_moco_beats_random']]} "
+            f"({knn['moco']:.2f} vs {knn['random_init']:.2f})",
+            f"- MoCo-init mean AP50 > random-init mean AP50: "
+            f"{verdict[claims['ap50_moco_beats_random']]} ({ap_moco:.2f} vs {ap_rand:.2f})",
+            "",
+        ]
+    )
     with open(os.path.join(out, "report.md"), "w") as f:
         f.write(text)
-    report = {"knn": knn, "detection": {k: summaries[k]["mean"] for k in labels},
-              "detection_std": {k: summaries[k]["std"] for k in labels}, "claims": claims}
+    report = {
+        "knn": knn,
+        "detection": {k: summaries[k]["mean"] for k in labels},
+        "detection_std": {k: summaries[k]["std"] for k in labels},
+        "claims": claims,
+    }
     _write_json(os.path.join(out, "report.json"), report)
     return report, text
 

@@ -48,6 +48,10 @@ def add_moco_detection_config(cfg):
     # torch CPU threads per process when MODEL.DEVICE is "cpu" (0: torch's default). On a small
     # CPU shared with other jobs, 1 avoids OpenMP threads spin-waiting on each other.
     _C.TRANSFER.CPU_THREADS = 0
+    # "SGD" (detectron2's optimizer, the recipe's) or "AdamW" (same parameter groups, lr and
+    # weight decay; momentum unused). AdamW exists for tiny CPU runs, where SGD at a few hundred
+    # iterations barely moves a detector (docs/tiny_recipe.md).
+    _C.TRANSFER.OPTIMIZER = "SGD"
 
 
 def resolve_single_process(cfg, world_size):

@@ -21,6 +21,7 @@ from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils.logger import setup_logger
 from iopath.common.file_io import g_pathmgr
 
@@ -45,6 +46,26 @@ class Trainer(DefaultTrainer):
             output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
             return COCOEvaluator(dataset_name, output_dir=output_folder)
         raise NotImplementedError(f"no evaluator for {dataset_name} (type {evaluator_type})")
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """detectron2's SGD, or AdamW over the same parameter groups (``TRANSFER.OPTIMIZER``)."""
+        name = cfg.TRANSFER.OPTIMIZER
+        if name == "SGD":
+            return super().build_optimizer(cfg, model)
+        if name != "AdamW":
+            raise ValueError(f"TRANSFER.OPTIMIZER must be 'SGD' or 'AdamW', got {name!r}")
+        params = get_default_optimizer_params(
+            model,
+            base_lr=cfg.SOLVER.BASE_LR,
+            weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+            bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
+            weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
+        )
+        optimizer = torch.optim.AdamW(
+            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+        )
+        return maybe_add_gradient_clipping(cfg, optimizer)
 
     def train(self):
         """Train, then return the results of the final evaluation ({} without test sets).

@@ -10,9 +10,12 @@ import os
 from demo.__main__ import main
 
 
-def test_demo_smoke_end_to_end_and_rerun(tmp_path):
+def test_demo_smoke_end_to_end_and_rerun(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["--preset", "smoke", "--output-dir", str(out), "--seeds", "0"]) == 0
+    # the two trial runners share the screen; each line says which init it belongs to
+    printed = capsys.readouterr().out
+    assert "[moco] " in printed and "[random_init] " in printed
 
     for rel in (
         "data/done.json",

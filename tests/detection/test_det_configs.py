@@ -144,3 +144,24 @@ def test_one_process_uses_plain_bn_and_no_amp_on_cpu():
     cfg = load_cfg(VOC_MOCO, "TRANSFER.SYNC_NORM_TO_BN_IN_ONE_PROCESS", "False")
     resolve_single_process(cfg, world_size=1)
     assert cfg.MODEL.RESNETS.NORM == "naiveSyncBN"
+
+
+@pytest.mark.parametrize("name", ["SGD", "AdamW", "Adam"])
+def test_transfer_optimizer_choice(name):
+    import torch
+
+    from detection.train_net import Trainer
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    cfg = load_cfg(TINY_CONFIG, "TRANSFER.OPTIMIZER", name, "SOLVER.BASE_LR", "0.5")
+    if name == "Adam":
+        with pytest.raises(ValueError, match="TRANSFER.OPTIMIZER"):
+            Trainer.build_optimizer(cfg, model)
+        return
+    opt = Trainer.build_optimizer(cfg, model)
+    assert isinstance(opt, {"SGD": torch.optim.SGD, "AdamW": torch.optim.AdamW}[name])
+    groups = opt.param_groups
+    assert sum(len(g["params"]) for g in groups) == 4 and all(g["lr"] == 0.5 for g in groups)
+    # detectron2's groups: no weight decay on the BN parameters (SOLVER.WEIGHT_DECAY_NORM 0)
+    bn = {id(p) for p in model[1].parameters()}
+    assert all(g["weight_decay"] == 0.0 for g in groups if id(g["params"][0]) in bn)
