@@ -74,3 +74,40 @@ def test_voc_root_from_the_config(tiny_voc_root, tmp_path):
         assert MetadataCatalog.get("voc_2007_test").dirname == str(tmp_path / "VOC2007")
     finally:
         register_voc()
+
+
+def _evaluate(name, predict):
+    """AP of ``predict(dataset_dict) -> (boxes XYXY, classes)`` on data set ``name``."""
+    import torch
+    from detectron2.evaluation import PascalVOCDetectionEvaluator
+    from detectron2.structures import Boxes, Instances
+
+    evaluator = PascalVOCDetectionEvaluator(name)
+    evaluator.reset()
+    for d in DatasetCatalog.get(name):
+        boxes, classes = predict(d)
+        inst = Instances((d["height"], d["width"]))
+        inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+        inst.scores = torch.linspace(0.9, 0.5, len(classes))
+        inst.pred_classes = torch.tensor(classes, dtype=torch.int64)
+        evaluator.process([{"image_id": d["image_id"]}], [{"instances": inst}])
+    return evaluator.evaluate()["bbox"]
+
+
+def test_oracle_scores_100_and_wrong_classes_score_0(tiny_voc_root):
+    """The evaluator reads the generated annotations the way the loader writes them: the
+    ground truth as predictions scores AP 100, the same boxes with shifted classes 0. (So a
+    near-zero AP of a briefly trained detector is the detector, not the data or the scoring.)"""
+    name = register_voc_like("oracle", str(tiny_voc_root), synthetic.DET_CLASSES)[-1]
+    n = len(synthetic.DET_CLASSES)
+
+    def oracle(d):
+        anns = d["annotations"]
+        return [a["bbox"] for a in anns], [a["category_id"] for a in anns]
+
+    def wrong_class(d):
+        boxes, classes = oracle(d)
+        return boxes, [(c + 1) % n for c in classes]
+
+    assert _evaluate(name, oracle) == pytest.approx({"AP": 100.0, "AP50": 100.0, "AP75": 100.0})
+    assert _evaluate(name, wrong_class) == pytest.approx({"AP": 0.0, "AP50": 0.0, "AP75": 0.0})
