@@ -98,21 +98,18 @@ def make_data(out: str, preset: Preset, seed: int) -> dict:
 
 def pretrain_opts(out: str, preset: Preset, data: dict, seed: int) -> list:
     """Overrides of configs/pretrain/tiny_synthetic.yaml for this demo folder."""
+    train, val = os.path.join(data["cls"], "train"), os.path.join(data["cls"], "val")
+    # fmt: off
     return [
         *preset.pretrain_opts,
-        "DATA.TRAIN",
-        os.path.join(data["cls"], "train"),
-        "DATA.KNN_TRAIN",
-        os.path.join(data["cls"], "train"),
-        "DATA.KNN_VAL",
-        os.path.join(data["cls"], "val"),
-        "TEST.KNN_PERIOD",
-        "0",  # the knn stage measures both inits the same way afterwards
-        "OUTPUT_DIR",
-        os.path.join(out, "pretrain"),
-        "SEED",
-        str(seed),
+        "DATA.TRAIN", train,
+        "DATA.KNN_TRAIN", train,
+        "DATA.KNN_VAL", val,
+        "TEST.KNN_PERIOD", "0",  # the knn stage measures both inits the same way afterwards
+        "OUTPUT_DIR", os.path.join(out, "pretrain"),
+        "SEED", str(seed),
     ]
+    # fmt: on
 
 
 def run_pretrain(opts: list) -> str:
@@ -191,26 +188,19 @@ def run_detection(out: str, weights: dict, voc: str, preset: Preset, seeds) -> d
         for name, w in weights.items():
             folder = os.path.join(out, "detection", name)
             os.makedirs(folder, exist_ok=True)
+            # fmt: off
             argv = [
-                sys.executable,
-                "-m",
-                "detection.trials",
-                "--config-file",
-                DETECT_CFG,
-                "--output-dir",
-                folder,
-                "--seeds",
-                *map(str, seeds),
-                "--reference",
-                "none",
-                "--log-period",
-                "60",
-                "MODEL.WEIGHTS",
-                w,
-                "TRANSFER.VOC_LIKE_ROOT",
-                voc,
+                sys.executable, "-m", "detection.trials",
+                "--config-file", DETECT_CFG,
+                "--output-dir", folder,
+                "--seeds", *map(str, seeds),
+                "--reference", "none",
+                "--log-period", "60",
+                "MODEL.WEIGHTS", w,
+                "TRANSFER.VOC_LIKE_ROOT", voc,
                 *preset.detection_opts,
             ]
+            # fmt: on
             logger.info("detection trials %r: %s", name, " ".join(argv[1:]))
             procs[name] = subprocess.Popen(
                 argv,

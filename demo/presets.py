@@ -26,6 +26,8 @@ class Preset:
     estimates: dict = field(default_factory=dict)
 
 
+# KEY VALUE override pairs stay one pair per line.
+# fmt: off
 PRESETS = {
     "default": Preset(
         name="default",
@@ -41,16 +43,11 @@ PRESETS = {
         # about 3.6 minutes per trial (training, precise BN, evaluation) with the two inits
         # running side by side on 2 cores (measured 2026-11-23, README "Demo results").
         detection_opts=(
-            "SOLVER.MAX_ITER",
-            "120",
-            "SOLVER.STEPS",
-            "(100,)",
-            "SOLVER.BASE_LR",
-            "0.01",
-            "SOLVER.WARMUP_ITERS",
-            "20",
-            "SOLVER.CHECKPOINT_PERIOD",
-            "60",
+            "SOLVER.MAX_ITER", "120",
+            "SOLVER.STEPS", "(100,)",
+            "SOLVER.BASE_LR", "0.01",
+            "SOLVER.WARMUP_ITERS", "20",
+            "SOLVER.CHECKPOINT_PERIOD", "60",
         ),
         seeds=(0, 1000, 2000),
         estimates={"data": 15, "pretrain": 580, "knn": 30, "convert": 5, "detect": 660},
@@ -63,30 +60,21 @@ PRESETS = {
         voc_trainval=8,
         voc_test=4,
         pretrain_opts=(
-            "SOLVER.EPOCHS",
-            "1",
-            "SOLVER.BATCH_SIZE",
-            "16",
-            "MODEL.K",
-            "32",
-            "MODEL.KEY_BN_SPLITS",
-            "2",
-            "SOLVER.WARMUP_EPOCHS",
-            "0.0",
+            "SOLVER.EPOCHS", "1",
+            "SOLVER.BATCH_SIZE", "16",
+            "MODEL.K", "32",
+            "MODEL.KEY_BN_SPLITS", "2",
+            "SOLVER.WARMUP_EPOCHS", "0.0",
         ),
         detection_opts=(
-            "SOLVER.MAX_ITER",
-            "2",
-            "SOLVER.STEPS",
-            "(1,)",
-            "SOLVER.WARMUP_ITERS",
-            "1",
-            "SOLVER.CHECKPOINT_PERIOD",
-            "2",
-            "TEST.PRECISE_BN.NUM_ITER",
-            "1",
+            "SOLVER.MAX_ITER", "2",
+            "SOLVER.STEPS", "(1,)",
+            "SOLVER.WARMUP_ITERS", "1",
+            "SOLVER.CHECKPOINT_PERIOD", "2",
+            "TEST.PRECISE_BN.NUM_ITER", "1",
         ),
         seeds=(0, 1000),
         estimates={"data": 2, "pretrain": 10, "knn": 5, "convert": 2, "detect": 40},
     ),
 }
+# fmt: on

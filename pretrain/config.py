@@ -135,6 +135,11 @@ def validate_cfg(cfg: CN) -> None:
         (cfg.SOLVER.AMP in ("", "bf16", "fp16"), "SOLVER.AMP must be '', 'bf16' or 'fp16'"),
         (cfg.SOLVER.OPTIMIZER in ("SGD", "AdamW"), "SOLVER.OPTIMIZER must be 'SGD' or 'AdamW'"),
         (
+            cfg.INPUT.BATCHED_AUG or not cfg.DATA.CACHE_DECODED,
+            "DATA.CACHE_DECODED needs INPUT.BATCHED_AUG True (only decoded images are cached; "
+            "per-image augmentation is random)",
+        ),
+        (
             bool(cfg.DATA.KNN_TRAIN) == bool(cfg.DATA.KNN_VAL),
             "DATA.KNN_TRAIN and DATA.KNN_VAL must be set together (or both left empty)",
         ),

@@ -176,14 +176,8 @@ def load_size(cfg) -> int:
 def build_train_dataset(cfg) -> TwoViewDataset:
     """The pretraining dataset of ``cfg.DATA.TRAIN``: two PIL views, or one uint8 image."""
     paths = list_images(cfg.DATA.TRAIN, "DATA.TRAIN")
-    if cfg.DATA.CACHE_DECODED and not cfg.INPUT.BATCHED_AUG:
-        raise ValueError(
-            "DATA.CACHE_DECODED needs INPUT.BATCHED_AUG True (only decoded images are cached; "
-            "per-image augmentation is random)"
-        )
     if cfg.INPUT.BATCHED_AUG:
         transform = LoadAsUint8(load_size(cfg))
-        return TwoViewDataset(paths, transform, seed=cfg.SEED, cache=cfg.DATA.CACHE_DECODED)
     else:
         tf = moco_transform(
             cfg.INPUT.AUG,
@@ -193,7 +187,8 @@ def build_train_dataset(cfg) -> TwoViewDataset:
             gray_p=cfg.INPUT.GRAY_P,
         )
         transform = TwoCropsTransform(tf)
-    return TwoViewDataset(paths, transform, seed=cfg.SEED)
+    # validate_cfg allows CACHE_DECODED only with BATCHED_AUG (a deterministic transform)
+    return TwoViewDataset(paths, transform, seed=cfg.SEED, cache=cfg.DATA.CACHE_DECODED)
 
 
 def build_train_loader(dataset, cfg, world_size: int, rank: int, pin_memory: bool):

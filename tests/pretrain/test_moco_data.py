@@ -80,9 +80,7 @@ def test_decoded_image_cache(tmp_path, monkeypatch):
 
 def test_decoded_image_cache_needs_batched_aug(tmp_path):
     from pretrain.config import load_cfg
-    from pretrain.data import build_train_dataset
 
     _folder(tmp_path, corrupt=False)
-    cfg = load_cfg("", ["DATA.TRAIN", str(tmp_path), "DATA.CACHE_DECODED", "True"])
     with pytest.raises(ValueError, match="INPUT.BATCHED_AUG"):
-        build_train_dataset(cfg)
+        load_cfg("", ["DATA.TRAIN", str(tmp_path), "DATA.CACHE_DECODED", "True"])
