@@ -9,12 +9,7 @@ init, SGD, lr schedule) on the cached tensors in seconds. The only difference fr
 protocol is the absence of train-time augmentation, which usually costs a little accuracy
 (and makes the head overfit sooner on small sets).
 
-Measured on the synthetic set (8 classes, 800 train / 200 val images at 64 px, thin ResNet-50 at
-random init with BN statistics re-estimated on the train images, lr 1, 20 epochs with steps at
-12 and 16, 2 shared CPU cores): cached path 0.145 top-1 in 84 s wall in all (extraction
-included); full protocol 0.140 / 0.125 / 0.130 after epochs 1-3 at about 55 s per epoch, stopped
-there. Both sit at chance (0.125) with this encoder, so the accuracy gap between the two paths
-is not yet measured; redo the comparison with an encoder that learns (docs/tiny_recipe.md).
+Measured speed and accuracy of the two paths: docs/benchmarks.md ("Linear evaluation").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Linear classification of a frozen pretrained ResNet-50 (``moco-lincls``).
 
-The protocol (docs and RECIPE): frozen backbone with BN in eval mode, a fresh fc (N(0, 0.01),
+The protocol of the MoCo paper: frozen backbone with BN in eval mode, a fresh fc (N(0, 0.01),
 bias 0), SGD lr 30 momentum 0.9 weight decay 0, 100 epochs, lr x0.1 at 60 and 80, batch 256,
 RandomResizedCrop + flip for training, Resize(crop*256/224) + CenterCrop(crop) for the 1-crop
 top-1/top-5. After training, every backbone tensor is compared with the pretrained one.

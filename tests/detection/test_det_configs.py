@@ -14,7 +14,7 @@ CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
 VOC_MOCO = os.path.join(CONFIG_DIR, "pascal_voc_R_50_C4_24k_moco.yaml")
 VOC_SUPERVISED = os.path.join(CONFIG_DIR, "pascal_voc_R_50_C4_24k_supervised.yaml")
 
-# RECIPE.md, "Detection transfer (Faster R-CNN R50-C4, VOC07+12 -> VOC07 test)".
+# The reference MoCo detection recipe (Faster R-CNN R50-C4, VOC07+12 -> VOC07 test).
 VOC_RECIPE = {
     "MODEL.META_ARCHITECTURE": "GeneralizedRCNN",
     "MODEL.MASK_ON": False,
