@@ -204,9 +204,7 @@ def _usable(path: str) -> dict:
     ckpt = load_checkpoint(path)
     problem = weights_problem(ckpt.get("model", {}))
     if problem:
-        raise CheckpointError(
-            f"checkpoint {path!r} holds a diverged model ({problem}); {_CHOICES}"
-        )
+        raise CheckpointError(f"checkpoint {path!r} holds a diverged model ({problem}); {_CHOICES}")
     return ckpt
 
 
@@ -232,9 +230,7 @@ def load_resume_checkpoint(output_dir: str, resume: str = "") -> Tuple[Optional[
             tried.append(path)
             continue
         if tried:
-            logger.warning(
-                "Auto-resume falls back to %s (unusable: %s)", path, ", ".join(tried)
-            )
+            logger.warning("Auto-resume falls back to %s (unusable: %s)", path, ", ".join(tried))
         return path, ckpt
     raise CheckpointError(
         f"no usable checkpoint in {output_dir!r} (tried {', '.join(tried)}); {_CHOICES}"

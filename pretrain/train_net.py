@@ -27,7 +27,6 @@ from .augment import BatchedMocoAug
 from .builder import build_moco
 from .checkpoint import (
     LAST,
-    CheckpointError,
     checkpoint_name,
     load_resume_checkpoint,
     restore,
