@@ -139,6 +139,10 @@ def test_checkpoint_is_fsynced_before_and_after_the_rename(tmp_path, monkeypatch
     assert events == [("fsync", False), ("replace", "last.pth"), ("fsync", True)]
     assert not (tmp_path / "last.pth.tmp").exists()
     assert load_checkpoint(str(tmp_path / "last.pth"))["iteration"] == 3
+    # a kill -9 during a later write leaves a torn last.pth.tmp beside the intact last.pth
+    (tmp_path / "last.pth.tmp").write_bytes(b"PK\x03\x04torn")
+    path, ckpt = load_resume_checkpoint(str(tmp_path))
+    assert path == str(tmp_path / "last.pth") and ckpt["iteration"] == 3
 
 
 def test_knn_cli_on_corrupt_checkpoint_names_the_file(tmp_path, synthetic_cls_root):
