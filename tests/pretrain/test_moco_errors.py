@@ -77,6 +77,9 @@ def test_weights_problem_finds_nan_and_explosions():
     assert weights_problem(state) is None
     assert "non-finite" in weights_problem({**state, "w": torch.tensor([1.0, float("nan")])})
     assert "exploding" in weights_problem({**state, "w": torch.tensor([2e6])})
+    # BN running statistics follow the activations' scale: only NaN/inf is a problem there
+    assert weights_problem({**state, "bn.running_var": torch.tensor([2e6])}) is None
+    assert "non-finite" in weights_problem({"bn.running_var": torch.tensor([float("inf")])})
 
 
 def _tiny_ckpt(path):
