@@ -1,14 +1,18 @@
-"""Pretraining checkpoints: atomic save from the unwrapped model, RNG states, resume.
+"""Pretraining checkpoints: durable atomic save, health checks, readable errors, resume.
 
-Format (docs/architecture.md): ``{"model", "optimizer", "scaler", "epoch", "iteration", "cfg",
-"rng", "format"}``; ``model`` keys never carry DDP's ``module.`` prefix. ``epoch`` is the number
-of finished epochs (the epoch to start from when resuming).
+Format (docs/architecture.md): ``{"model", "optimizer", "optimizer_type", "scaler", "epoch",
+"iteration", "cfg", "rng", "format"}``; ``model`` keys never carry DDP's ``module.`` prefix.
+``epoch`` is the number of finished epochs (the epoch to start from when resuming).
+What survives what is listed in docs/reliability.md.
 """
 
+import glob
 import logging
+import math
 import os
 import random
-from typing import Optional
+import re
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -18,6 +22,15 @@ from detectron2.utils.file_io import PathManager  # iopath, with detectron2's ha
 logger = logging.getLogger(__name__)
 FORMAT = "moco-detectron2/pretrain/v1"
 LAST = "last.pth"
+# A weight with |w| above this is an explosion, not training: parameters of a healthy MoCo run
+# stay below ~10 and the queue holds unit vectors, while a diverging run passes 1e6 long before
+# it overflows to inf (SOLVER.BASE_LR 1e30 reaches ~1e28 in one step). BN running statistics
+# are only checked for NaN/inf: their scale follows the activations, not the optimizer.
+MAX_ABS_WEIGHT = 1e6
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: unreadable, not ours, unhealthy or mismatched."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -51,14 +64,72 @@ def checkpoint_name(epoch: int) -> str:
     return f"checkpoint_{epoch:04d}.pth"
 
 
-def save_checkpoint(path: str, model, optimizer, scaler, epoch: int, iteration: int, cfg) -> None:
-    """Write a checkpoint to ``path`` atomically (tmp file then ``os.replace``).
+def weights_problem(state: dict) -> Optional[str]:
+    """Why a model ``state`` dict (name -> tensor) must not be saved or resumed, or None.
 
-    Call on the main process only. ``model`` may be DDP-wrapped; ``scaler`` may be None.
+    A state is unhealthy when a floating-point tensor holds a NaN/inf, or a tensor other than a
+    BN running statistic holds a value with |w| > :data:`MAX_ABS_WEIGHT` (an explosion).
+    Returns a short description naming the first offending tensor and its largest magnitude.
     """
+    for name, t in state.items():
+        if not torch.is_tensor(t) or not t.is_floating_point() or t.numel() == 0:
+            continue
+        peak = t.detach().abs().max().item()
+        if not math.isfinite(peak):
+            return f"{name} holds non-finite values"
+        if peak > MAX_ABS_WEIGHT and not name.endswith(("running_mean", "running_var")):
+            return f"{name} has |w| = {peak:.3g} > {MAX_ABS_WEIGHT:g} (exploding)"
+    return None
+
+
+def resume_hint(last_good: str) -> str:
+    """What to do after a divergence, given the last good checkpoint of the run ("" if none)."""
+    if last_good:
+        return (
+            f"The last good checkpoint is {last_good}: fix the cause and rerun; the run resumes "
+            f"from OUTPUT_DIR/last.pth automatically (or pass --resume {last_good}), "
+            "or start afresh with --no-auto-resume."
+        )
+    return (
+        "No checkpoint of this run was written before it diverged: fix the cause and rerun "
+        "with --no-auto-resume (or --resume PATH of a good checkpoint)."
+    )
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename in ``directory`` durable (POSIX; a no-op where directories can't be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems (and Windows) refuse fsync on a directory
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(path: str, model, optimizer, scaler, epoch: int, iteration: int, cfg) -> None:
+    """Write a checkpoint to ``path`` atomically and durably.
+
+    The state goes to ``path.tmp``, which is flushed and fsync'ed, renamed over ``path`` with
+    ``os.replace`` and then the directory is fsync'ed: a kill or power loss at any moment
+    leaves either the previous file or the new one, never a torn one. Raises
+    :class:`CheckpointError` (and writes nothing) when the weights are non-finite or exploding
+    (:func:`weights_problem`). Call on the main process only. ``model`` may be DDP-wrapped;
+    ``scaler`` may be None.
+    """
+    state = unwrap(model).state_dict()
+    problem = weights_problem(state)
+    if problem:
+        raise CheckpointError(
+            f"not saving {path!r} at epoch {epoch}, iteration {iteration}: {problem}"
+        )
     ckpt = {
-        "model": unwrap(model).state_dict(),
+        "model": state,
         "optimizer": optimizer.state_dict(),
+        "optimizer_type": type(optimizer).__name__,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "epoch": epoch,
         "iteration": iteration,
@@ -70,24 +141,55 @@ def save_checkpoint(path: str, model, optimizer, scaler, epoch: int, iteration: 
     tmp = path + ".tmp"
     with PathManager.open(tmp, "wb") as f:
         torch.save(ckpt, f)
+        f.flush()
+        if hasattr(f, "fileno"):  # local files; remote iopath handlers have their own commit
+            os.fsync(f.fileno())
+    local_tmp, local = PathManager.get_local_path(tmp), PathManager.get_local_path(path)
     # A kill during the write leaves the previous file intact; os.replace is atomic on POSIX.
-    os.replace(PathManager.get_local_path(tmp), PathManager.get_local_path(path))
+    os.replace(local_tmp, local)
+    _fsync_dir(os.path.dirname(os.path.abspath(local)))
     logger.info("Saved checkpoint %s (epoch %d, iteration %d)", path, epoch, iteration)
 
 
+_CHOICES = (
+    "resume from another file with --resume PATH (e.g. an older checkpoint_NNNN.pth in the same "
+    "folder), or start afresh with --no-auto-resume (or a new OUTPUT_DIR)"
+)
+
+
 def load_checkpoint(path: str) -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` onto the CPU; checks the format tag."""
+    """Read a checkpoint written by :func:`save_checkpoint` onto the CPU.
+
+    Raises FileNotFoundError for a missing file and :class:`CheckpointError` naming ``path``
+    and the choices for an empty, truncated or corrupt file or one of another format.
+    """
     if not PathManager.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist; check --resume / OUTPUT_DIR")
-    with PathManager.open(path, "rb") as f:
-        # weights_only=False: the file holds numpy RNG state and a YAML string, from our own runs
-        ckpt = torch.load(f, map_location="cpu", weights_only=False)
-    if ckpt.get("format") != FORMAT:
-        raise ValueError(
-            f"{path!r} is not a {FORMAT} checkpoint (format={ckpt.get('format')!r}); "
+    try:
+        with PathManager.open(path, "rb") as f:
+            # weights_only=False: the file holds numpy RNG state and a YAML string, from our runs
+            ckpt = torch.load(f, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        size = os.path.getsize(path) if os.path.isfile(path) else -1
+        what = "is empty (0 bytes)" if size == 0 else "is truncated or corrupt"
+        raise CheckpointError(
+            f"checkpoint {path!r} {what} and cannot be read ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); {_CHOICES}"
+        ) from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(
+            f"{path!r} is not a {FORMAT} checkpoint (format={fmt!r}); "
             "reference-release files must be converted or loaded with strict key mapping"
         )
     return ckpt
+
+
+def _periodic(output_dir: str) -> list:
+    """``checkpoint_NNNN.pth`` files in ``output_dir``, newest (highest epoch) first."""
+    paths = glob.glob(os.path.join(output_dir, "checkpoint_*.pth"))
+    paths = [p for p in paths if re.fullmatch(r"checkpoint_\d+\.pth", os.path.basename(p))]
+    return sorted(paths, key=lambda p: int(re.findall(r"\d+", os.path.basename(p))[0]))[::-1]
 
 
 def find_resume_file(output_dir: str, resume: str = "") -> Optional[str]:
@@ -98,8 +200,70 @@ def find_resume_file(output_dir: str, resume: str = "") -> Optional[str]:
     return last if PathManager.exists(last) else None
 
 
-def restore(ckpt: dict, model, optimizer=None, scaler=None) -> None:
-    """Load model (strictly), optimizer, scaler and RNG states from ``ckpt`` in place."""
+def _usable(path: str) -> dict:
+    """Load ``path`` and check its weights; raise CheckpointError when it cannot be resumed."""
+    ckpt = load_checkpoint(path)
+    problem = weights_problem(ckpt.get("model", {}))
+    if problem:
+        raise CheckpointError(f"checkpoint {path!r} holds a diverged model ({problem}); {_CHOICES}")
+    return ckpt
+
+
+def load_resume_checkpoint(output_dir: str, resume: str = "") -> Tuple[Optional[str], dict]:
+    """The checkpoint a run continues from, as ``(path, ckpt)``, or ``(None, {})``.
+
+    With ``resume``, that file must be readable and healthy (else CheckpointError). Otherwise
+    ``output_dir/last.pth`` is used when it exists; if it is unreadable or diverged, the newest
+    usable ``checkpoint_NNNN.pth`` in ``output_dir`` is used instead (with a warning), and
+    CheckpointError names every file tried when none is usable.
+    """
+    if resume:
+        return resume, _usable(resume)
+    last = os.path.join(output_dir, LAST)
+    if not PathManager.exists(last):
+        return None, {}
+    tried = []
+    for path in [last] + _periodic(output_dir):
+        try:
+            ckpt = _usable(path)
+        except CheckpointError as e:
+            logger.warning("Cannot resume from %s: %s", path, e)
+            tried.append(path)
+            continue
+        if tried:
+            logger.warning("Auto-resume falls back to %s (unusable: %s)", path, ", ".join(tried))
+        return path, ckpt
+    raise CheckpointError(
+        f"no usable checkpoint in {output_dir!r} (tried {', '.join(tried)}); {_CHOICES}"
+    )
+
+
+def _optimizer_type(ckpt: dict) -> str:
+    """Optimizer class name saved in ``ckpt`` (inferred from its param groups for old files)."""
+    if ckpt.get("optimizer_type"):
+        return ckpt["optimizer_type"]
+    groups = (ckpt.get("optimizer") or {}).get("param_groups") or [{}]
+    if "betas" in groups[0]:  # torch's AdamW is Adam with decoupled weight decay
+        return "AdamW" if groups[0].get("decoupled_weight_decay", True) else "Adam"
+    return "SGD" if "nesterov" in groups[0] else "unknown"
+
+
+def restore(ckpt: dict, model, optimizer=None, scaler=None, path: str = "") -> None:
+    """Load model (strictly), optimizer, scaler and RNG states from ``ckpt`` in place.
+
+    Raises :class:`CheckpointError` in one line when ``optimizer`` is of another type than the
+    optimizer state in ``ckpt`` (e.g. an SGD run resumed with SOLVER.OPTIMIZER AdamW): its
+    state cannot be carried over, and silently starting a fresh optimizer would make the
+    "resumed" run a different run. ``path`` is only used in messages.
+    """
+    if optimizer is not None:
+        saved, now = _optimizer_type(ckpt), type(optimizer).__name__
+        if saved != now:
+            raise CheckpointError(
+                f"checkpoint {path or '<given>'} holds {saved} optimizer state but "
+                f"SOLVER.OPTIMIZER builds {now}: set SOLVER.OPTIMIZER {saved} to continue "
+                "that run, or start a new run with --no-auto-resume (or a new OUTPUT_DIR)"
+            )
     unwrap(model).load_state_dict(ckpt["model"])
     if optimizer is not None:
         optimizer.load_state_dict(ckpt["optimizer"])

@@ -4,6 +4,9 @@ Defaults are MoCo v2 on ImageNet (case (d) of the paper's ablation: MLP head, au
 200 epochs, batch 256 over 8 GPUs). YAML files in ``configs/pretrain/`` override them.
 """
 
+import difflib
+import re
+
 from detectron2.config import CfgNode as CN
 
 _C = CN()
@@ -105,13 +108,51 @@ def effective_lr(cfg: CN) -> float:
     return cfg.SOLVER.REFERENCE_LR * cfg.SOLVER.BATCH_SIZE / cfg.SOLVER.REFERENCE_BATCH
 
 
+def _all_keys(node: CN, prefix: str = "") -> list:
+    """Full dotted names of every key of ``node`` (sub-nodes and leaves)."""
+    keys = []
+    for k, v in node.items():
+        keys.append(prefix + k)
+        if isinstance(v, CN):
+            keys += _all_keys(v, prefix + k + ".")
+    return keys
+
+
+def _merge_error(e: Exception, source: str) -> ValueError:
+    """A ValueError naming ``source`` and, for an unknown key, the closest valid keys."""
+    msg = str(e.args[0]) if e.args else str(e)
+    match = re.search(r"Non-existent (?:config )?key: (\S+)", msg)
+    if not match:
+        return ValueError(f"invalid pretraining config in {source}: {msg}")
+    key = match.group(1)
+    depth = key.count(".")
+    valid = [k for k in _all_keys(_C) if k.count(".") == depth]
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
+    if not close:  # a typo in a parent (SOLVR.BASE_LR): compare the last part under any parent
+        leaf = key.rsplit(".", 1)[-1]
+        close = [k for k in valid if depth and k.rsplit(".", 1)[-1] == leaf][:3]
+    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+    return ValueError(f"unknown config key {key!r} in {source}{hint} (see pretrain/config.py)")
+
+
 def load_cfg(config_file: str = "", opts=()) -> CN:
-    """Defaults, merged with ``config_file`` (if any) and trailing ``KEY VALUE`` ``opts``."""
+    """Defaults, merged with ``config_file`` (if any) and trailing ``KEY VALUE`` ``opts``.
+
+    Returns a frozen, validated CfgNode. Raises ValueError naming the YAML file (or the
+    command-line overrides) and the bad key, with the closest valid keys for a typo, or
+    naming the key and the fix for a value that cannot work (:func:`validate_cfg`).
+    """
     cfg = get_pretrain_cfg()
     if config_file:
-        cfg.merge_from_file(config_file)
+        try:
+            cfg.merge_from_file(config_file)
+        except (KeyError, ValueError, AssertionError) as e:
+            raise _merge_error(e, config_file) from e
     if opts:
-        cfg.merge_from_list(list(opts))
+        try:
+            cfg.merge_from_list(list(opts))
+        except (KeyError, ValueError, AssertionError) as e:
+            raise _merge_error(e, "the command-line overrides") from e
     validate_cfg(cfg)
     cfg.freeze()
     return cfg
@@ -126,6 +167,16 @@ def validate_cfg(cfg: CN) -> None:
         (cfg.MODEL.KEY_BN_SPLITS >= 1, "MODEL.KEY_BN_SPLITS must be >= 1"),
         (cfg.SOLVER.BATCH_SIZE > 0, "SOLVER.BATCH_SIZE must be > 0"),
         (cfg.SOLVER.EPOCHS > 0, "SOLVER.EPOCHS must be > 0"),
+        (
+            cfg.SOLVER.BASE_LR >= 0,
+            "SOLVER.BASE_LR must be >= 0 (0.0 = linear scaling rule from SOLVER.REFERENCE_LR)",
+        ),
+        (
+            cfg.SOLVER.MAX_ITERS_PER_EPOCH >= 0,
+            "SOLVER.MAX_ITERS_PER_EPOCH must be >= 0 (0 = full epochs)",
+        ),
+        (cfg.CHECKPOINT_PERIOD >= 1, "CHECKPOINT_PERIOD must be >= 1 epoch (e.g. 10)"),
+        (cfg.LOG_PERIOD >= 1, "LOG_PERIOD must be >= 1 iteration (e.g. 20)"),
         (cfg.INPUT.AUG in ("aug+", "v1"), "INPUT.AUG must be 'aug+' or 'v1'"),
         (len(cfg.INPUT.COLOR_JITTER) in (0, 4), "INPUT.COLOR_JITTER must be () or 4 numbers"),
         (

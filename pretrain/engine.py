@@ -33,6 +33,9 @@ class LoopContext:
     channels_last: bool = False
     writers: List[EventWriter] = field(default_factory=list)
     skipped_images: int = 0
+    # divergence guard (see _check_finite): loss bound and the run's last good checkpoint
+    loss_limit: float = math.inf
+    last_good: str = ""
 
 
 def _views(batch, ctx: LoopContext):
@@ -47,13 +50,35 @@ def _views(batch, ctx: LoopContext):
     return views
 
 
+def loss_limit(K: int, T: float, symmetric: bool = False) -> float:
+    """The largest InfoNCE loss L2-normalised embeddings can give, plus a margin of 1.
+
+    Logits are cosines / T in [-1/T, 1/T] over K+1 classes, so one loss term is at most
+    ln(K+1) + 2/T (twice that with the symmetric loss). A larger loss means the forward pass
+    is numerically broken (overflow in the encoder), i.e. the run has exploded.
+    """
+    return (2 if symmetric else 1) * (math.log(K + 1) + 2 / T) + 1
+
+
 def _check_finite(loss: torch.Tensor, epoch: int, ctx: LoopContext, lr: float) -> None:
-    if not math.isfinite(loss.item()):
-        raise FloatingPointError(
-            f"Loss became {loss.item()} at epoch {epoch}, iteration {ctx.iteration} "
-            f"(lr {lr:.4g}). Lower SOLVER.BASE_LR, add warm-up (SOLVER.WARMUP_EPOCHS), or, "
-            "with SOLVER.AMP fp16, switch to bf16 or '' (fp32)."
-        )
+    """Raise FloatingPointError when ``loss`` is NaN/inf or above ``ctx.loss_limit``.
+
+    The message names the step, the lr, the likely fixes and the last good checkpoint
+    (``ctx.last_good``) with the --resume / --no-auto-resume choices.
+    """
+    from .checkpoint import resume_hint
+
+    value = loss.item()
+    if math.isfinite(value) and value <= ctx.loss_limit:
+        return
+    what = f"{value}" if math.isfinite(value) else f"{value} (non-finite)"
+    if math.isfinite(value):
+        what += f", above the largest possible {ctx.loss_limit:.3g} (exploding)"
+    raise FloatingPointError(
+        f"Loss became {what} at epoch {epoch}, iteration {ctx.iteration} "
+        f"(lr {lr:.4g}). Lower SOLVER.BASE_LR, add warm-up (SOLVER.WARMUP_EPOCHS), or, "
+        "with SOLVER.AMP fp16, switch to bf16 or '' (fp32). " + resume_hint(ctx.last_good)
+    )
 
 
 def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg, ctx: LoopContext) -> None:

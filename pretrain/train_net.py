@@ -13,6 +13,7 @@ A run restarts automatically from ``OUTPUT_DIR/last.pth`` when it exists.
 """
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -27,16 +28,17 @@ from .builder import build_moco
 from .checkpoint import (
     LAST,
     checkpoint_name,
-    find_resume_file,
-    load_checkpoint,
+    load_resume_checkpoint,
     restore,
+    resume_hint,
     save_checkpoint,
     unwrap,
+    weights_problem,
 )
 from .config import load_cfg
 from .data import build_train_dataset, build_train_loader, sample_seed
 from .distributed import maybe_init_from_env, select_device
-from .engine import LoopContext, ProgressPrinter, train_one_epoch
+from .engine import LoopContext, ProgressPrinter, loss_limit, train_one_epoch
 from .logs import setup_named_logger
 
 logger = logging.getLogger("pretrain.train_net")  # also when run as __main__
@@ -128,6 +130,38 @@ def _knn(cfg, model, ctx, storage, epoch: int) -> float:
     return acc
 
 
+def _drop_metrics_after(path: str, iteration: int) -> None:
+    """Keep only the lines of metrics.json ``path`` with an iteration below ``iteration``.
+
+    A resumed run repeats the iterations after its checkpoint; their old lines are dropped so
+    that every iteration appears once. The file is rewritten atomically (tmp + os.replace);
+    lines that are not JSON objects (e.g. cut by a kill mid-write) are dropped too.
+    """
+    if not os.path.isfile(path):
+        return
+    kept, dropped = [], 0
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                ok = isinstance(rec, dict) and rec.get("iteration", iteration) < iteration
+            except ValueError:
+                ok = False
+            if ok:
+                kept.append(line if line.endswith("\n") else line + "\n")
+            else:
+                dropped += line.strip() != ""
+    if not dropped:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    logger.info("Dropped %d metrics.json line(s) at or after iteration %d", dropped, iteration)
+
+
 def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: int = 0) -> dict:
     """Pretrain MoCo as configured by ``cfg`` in the current process group.
 
@@ -156,12 +190,16 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
 
     start_epoch, start_iter = 0, 0
-    path = find_resume_file(cfg.OUTPUT_DIR, resume) if (resume or auto_resume) else None
+    path, ckpt = None, {}
+    if resume or auto_resume:
+        # last.pth, or the newest readable checkpoint_NNNN.pth when last.pth is unusable
+        path, ckpt = load_resume_checkpoint(cfg.OUTPUT_DIR, resume)
     if path:
-        ckpt = load_checkpoint(path)
-        restore(ckpt, model, optimizer, scaler)
+        restore(ckpt, model, optimizer, scaler, path=path)
         start_epoch, start_iter = ckpt["epoch"], ckpt["iteration"]
         logger.info("Resumed from %s at epoch %d, iteration %d", path, start_epoch, start_iter)
+        if comm.is_main_process():
+            _drop_metrics_after(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), start_iter)
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
@@ -172,6 +210,8 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
         iteration=start_iter,
         amp_dtype=amp_dtype,
         channels_last=device.type == "cuda" and cfg.SOLVER.CHANNELS_LAST,
+        loss_limit=loss_limit(cfg.MODEL.K, cfg.MODEL.T, cfg.MODEL.SYMMETRIC),
+        last_good=path or "",
     )
     if cfg.INPUT.BATCHED_AUG:
         ctx.batched_aug = BatchedMocoAug(
@@ -210,11 +250,21 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
                 result["knn_top1"] = _knn(cfg, model, ctx, storage, done)
             for w in ctx.writers:
                 w.write()
+            # Every rank checks its own weights (identical under DDP) so that all of them stop
+            # together instead of waiting for a main process that refused to save.
+            problem = weights_problem(unwrap(model).state_dict())
+            if problem:
+                raise FloatingPointError(
+                    f"Weights diverged by the end of epoch {done} (iteration {ctx.iteration}): "
+                    f"{problem}; no checkpoint written. Lower SOLVER.BASE_LR or add warm-up. "
+                    + resume_hint(ctx.last_good)
+                )
             if comm.is_main_process():
                 args = (model, optimizer, scaler, done, ctx.iteration, cfg)
                 save_checkpoint(os.path.join(cfg.OUTPUT_DIR, LAST), *args)
                 if done % cfg.CHECKPOINT_PERIOD == 0 or done == cfg.SOLVER.EPOCHS:
                     save_checkpoint(os.path.join(cfg.OUTPUT_DIR, checkpoint_name(done)), *args)
+            ctx.last_good = os.path.join(cfg.OUTPUT_DIR, LAST)
             comm.synchronize()
             result.update(epoch=done, iteration=ctx.iteration)
     for w in ctx.writers:

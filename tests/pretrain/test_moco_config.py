@@ -109,6 +109,11 @@ def test_warmup_and_per_iteration_lr():
         ("INPUT.AUG", "aug2", "INPUT.AUG"),
         ("MODEL.T", "0", "MODEL.T"),
         ("SOLVER.OPTIMIZER", "Adam", "SOLVER.OPTIMIZER"),
+        # these used to pass validation and crash (ZeroDivisionError) or do nothing later
+        ("CHECKPOINT_PERIOD", "0", "CHECKPOINT_PERIOD must be >= 1"),
+        ("LOG_PERIOD", "0", "LOG_PERIOD must be >= 1"),
+        ("SOLVER.BASE_LR", "-0.1", r"SOLVER.BASE_LR must be >= 0 \(0.0 = linear scaling"),
+        ("SOLVER.MAX_ITERS_PER_EPOCH", "-1", "SOLVER.MAX_ITERS_PER_EPOCH must be >= 0"),
     ],
 )
 def test_invalid_values_name_the_key(key, value, match):
@@ -126,3 +131,26 @@ def test_optimizer_choice():
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
     adamw = build_optimizer(load_cfg("", ["SOLVER.OPTIMIZER", "AdamW"]), params)
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 1e-4
+
+
+@pytest.mark.parametrize(
+    "yaml_text,key,suggestion",
+    [
+        ("SOLVR:\n  BASE_LR: 0.1\n", "'SOLVR'", "SOLVER"),
+        ("SOLVER:\n  BASE_LRR: 0.1\n", "'SOLVER.BASE_LRR'", "SOLVER.BASE_LR"),
+    ],
+)
+def test_yaml_key_typo_names_file_key_and_closest_key(tmp_path, yaml_text, key, suggestion):
+    path = tmp_path / "typo.yaml"
+    path.write_text("VERSION: 2\n" + yaml_text)
+    with pytest.raises(ValueError) as err:
+        load_cfg(str(path))
+    msg = str(err.value)
+    assert str(path) in msg and key in msg and f"did you mean {suggestion}" in msg, msg
+
+
+def test_override_typo_and_type_errors_name_the_source():
+    with pytest.raises(ValueError, match=r"'SOLVR.BASE_LR' in the command-line.*SOLVER.BASE_LR"):
+        load_cfg("", ["SOLVR.BASE_LR", "0.1"])
+    with pytest.raises(ValueError, match=r"command-line overrides.*MODEL.K"):
+        load_cfg("", ["MODEL.K", "many"])

@@ -1,12 +1,24 @@
-"""Clear failures and warnings: non-finite loss, queue too large, bad inputs."""
+"""Clear failures and warnings: non-finite or exploding loss, queue too large, bad inputs,
+corrupt checkpoints (training and the kNN CLI), durable checkpoint writes."""
 
 import logging
+import math
+import os
+import re
 
 import pytest
 import torch
+from detectron2.config import CfgNode
 
+from pretrain.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_resume_checkpoint,
+    save_checkpoint,
+    weights_problem,
+)
 from pretrain.config import get_pretrain_cfg, load_cfg
-from pretrain.engine import LoopContext, _check_finite
+from pretrain.engine import LoopContext, _check_finite, loss_limit
 from pretrain.train_net import _warn_queue_size, train
 
 
@@ -44,3 +56,103 @@ def test_missing_inputs_fail_before_training(tmp_path, synthetic_cls_root):
     big = opts + ["SOLVER.BATCH_SIZE", "512"]
     with pytest.raises(ValueError, match="fewer than one batch"):
         train(load_cfg("", big))
+
+
+def test_loss_above_the_possible_maximum_is_an_explosion():
+    limit = loss_limit(K=24, T=0.2)
+    assert limit == pytest.approx(math.log(25) + 10 + 1)
+    assert loss_limit(K=24, T=0.2, symmetric=True) == pytest.approx(2 * (math.log(25) + 10) + 1)
+    ctx = LoopContext(
+        torch.device("cpu"), 10, iteration=5, loss_limit=limit, last_good="o/last.pth"
+    )
+    _check_finite(torch.tensor(limit - 0.5), 0, ctx, 0.1)  # a bad but possible loss: no error
+    with pytest.raises(FloatingPointError, match=r"exploding.*--resume o/last.pth.*--no-auto"):
+        _check_finite(torch.tensor(limit * 10), 0, ctx, 0.1)
+    with pytest.raises(FloatingPointError, match=r"non-finite.*last good checkpoint is o/last"):
+        _check_finite(torch.tensor(float("inf")), 0, ctx, 0.1)
+
+
+def test_weights_problem_finds_nan_and_explosions():
+    state = {"a": torch.ones(3), "n": torch.tensor(7), "b": torch.zeros(0)}
+    assert weights_problem(state) is None
+    assert "non-finite" in weights_problem({**state, "w": torch.tensor([1.0, float("nan")])})
+    assert "exploding" in weights_problem({**state, "w": torch.tensor([2e6])})
+    # BN running statistics follow the activations' scale: only NaN/inf is a problem there
+    assert weights_problem({**state, "bn.running_var": torch.tensor([2e6])}) is None
+    assert "non-finite" in weights_problem({"bn.running_var": torch.tensor([float("inf")])})
+
+
+def _tiny_ckpt(path):
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(str(path), model, torch.optim.SGD(model.parameters()), None, 1, 3, CfgNode())
+    return model
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage"])
+def test_corrupt_checkpoint_names_path_and_choices(tmp_path, damage):
+    path = tmp_path / "last.pth"
+    _tiny_ckpt(path)
+    data = path.read_bytes()
+    path.write_bytes(
+        {"truncated": data[: len(data) // 2], "empty": b"", "garbage": b"x" * 99}[damage]
+    )
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(str(path))
+    msg = str(err.value)
+    assert str(path) in msg and "--resume" in msg and "--no-auto-resume" in msg, msg
+    assert ("empty" if damage == "empty" else "truncated or corrupt") in msg
+    # an explicit --resume of the same file stops with the same message
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_resume_checkpoint(str(tmp_path / "elsewhere"), str(path))
+
+
+def test_blown_up_checkpoint_is_refused(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.fill_(7e28)
+    with pytest.raises(CheckpointError, match=r"not saving .*weight has \|w\| = 7e\+28"):
+        save_checkpoint(
+            str(tmp_path / "x.pth"),
+            model,
+            torch.optim.SGD(model.parameters()),
+            None,
+            1,
+            1,
+            CfgNode(),
+        )
+    assert not list(tmp_path.iterdir())
+
+
+def test_checkpoint_is_fsynced_before_and_after_the_rename(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.path.isdir(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(a, b):
+        events.append(("replace", os.path.basename(b)))
+        real_replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    _tiny_ckpt(tmp_path / "last.pth")
+    # the file's data reaches the disk before the rename, the directory entry after it
+    assert events == [("fsync", False), ("replace", "last.pth"), ("fsync", True)]
+    assert not (tmp_path / "last.pth.tmp").exists()
+    assert load_checkpoint(str(tmp_path / "last.pth"))["iteration"] == 3
+    # a kill -9 during a later write leaves a torn last.pth.tmp beside the intact last.pth
+    (tmp_path / "last.pth.tmp").write_bytes(b"PK\x03\x04torn")
+    path, ckpt = load_resume_checkpoint(str(tmp_path))
+    assert path == str(tmp_path / "last.pth") and ckpt["iteration"] == 3
+
+
+def test_knn_cli_on_corrupt_checkpoint_names_the_file(tmp_path, synthetic_cls_root):
+    from evaluation.knn import main as knn_main
+
+    path = tmp_path / "last.pth"
+    path.write_bytes(b"\x80\x02garbage")
+    args = ["--checkpoint", str(path), "--data", str(synthetic_cls_root), "--device", "cpu"]
+    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+        knn_main(args)

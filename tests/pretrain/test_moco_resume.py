@@ -1,5 +1,12 @@
-"""A killed-and-resumed run ends with exactly the weights of an uninterrupted one (CPU)."""
+"""A killed-and-resumed run ends with exactly the weights of an uninterrupted one (CPU).
 
+Also: a blow-up is never checkpointed, an unusable last.pth falls back to the newest usable
+checkpoint_NNNN.pth, metrics.json lists each iteration once after a resume, and a resume with
+another optimizer type stops with one clear line.
+"""
+
+import json
+import logging
 import os
 
 import pytest
@@ -7,7 +14,7 @@ import torch
 
 from evaluation.knn import main as knn_main
 from pretrain.builder import build_moco
-from pretrain.checkpoint import FORMAT, load_checkpoint
+from pretrain.checkpoint import FORMAT, CheckpointError, load_checkpoint
 from pretrain.config import load_cfg
 from pretrain.train_net import train
 
@@ -16,7 +23,7 @@ CONFIG = os.path.join(
 )
 
 
-def _cfg(root, out, batched: bool):
+def _cfg(root, out, batched: bool, **extra):
     opts = {
         "DATA.TRAIN": str(root / "train"),
         "DATA.KNN_TRAIN": "",
@@ -41,6 +48,7 @@ def _cfg(root, out, batched: bool):
         "CHECKPOINT_PERIOD": 2,
         "LOG_PERIOD": 1,
     }
+    opts.update({k.replace("__", "."): v for k, v in extra.items()})
     return load_cfg(CONFIG, [x for kv in opts.items() for x in map(str, kv)])
 
 
@@ -93,3 +101,78 @@ def test_resume_matches_uninterrupted(synthetic_cls_root, tmp_path, batched):
             ]
         )
         assert 0.0 <= res["knn_top1"] <= 1.0
+
+
+def test_blowup_is_never_checkpointed(synthetic_cls_root, tmp_path):
+    out = tmp_path / "run"
+    sane = dict(SOLVER__EPOCHS=3, SOLVER__MAX_ITERS_PER_EPOCH=1, SOLVER__WARMUP_EPOCHS=0.0)
+    assert train(_cfg(synthetic_cls_root, out, False, **sane), stop_after_epochs=1)["epoch"] == 1
+    last = out / "last.pth"
+    # lr 1e30 makes the weights huge but finite (~1e28) in one step: refused at the epoch's end
+    bad = _cfg(synthetic_cls_root, out, False, SOLVER__BASE_LR=1e30, **sane)
+    with pytest.raises(FloatingPointError) as err:
+        train(bad)
+    msg = str(err.value)
+    assert "exploding" in msg or "non-finite" in msg, msg
+    assert str(last) in msg and "--resume" in msg and "--no-auto-resume" in msg, msg
+    ckpt = load_checkpoint(str(last))
+    assert (ckpt["epoch"], ckpt["iteration"]) == (1, 1)  # still the good epoch-1 file
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert not (out / "checkpoint_0002.pth").exists()
+    # the rerun with the sane lr resumes from the good file and finishes
+    assert train(_cfg(synthetic_cls_root, out, False, **sane)) == {"epoch": 3, "iteration": 3}
+
+
+def test_blowup_in_first_epoch_says_no_checkpoint_yet(synthetic_cls_root, tmp_path):
+    out = tmp_path / "run"
+    opts = dict(SOLVER__BASE_LR=1e30, SOLVER__MAX_ITERS_PER_EPOCH=1, SOLVER__WARMUP_EPOCHS=0.0)
+    with pytest.raises(FloatingPointError, match="No checkpoint of this run.*--no-auto-resume"):
+        train(_cfg(synthetic_cls_root, out, False, **opts))
+    assert not (out / "last.pth").exists()
+
+
+def test_optimizer_type_change_is_one_clear_error(synthetic_cls_root, tmp_path):
+    out = tmp_path / "run"
+    one = dict(SOLVER__EPOCHS=2, SOLVER__MAX_ITERS_PER_EPOCH=1)
+    train(_cfg(synthetic_cls_root, out, False, **one), stop_after_epochs=1)  # SGD
+    adamw = _cfg(synthetic_cls_root, out, False, SOLVER__OPTIMIZER="AdamW", **one)
+    with pytest.raises(CheckpointError, match=r"holds SGD optimizer state.*SOLVER.OPTIMIZER SGD"):
+        train(adamw)
+    # files written before the type was recorded: the type is inferred from the param groups
+    ckpt = load_checkpoint(str(out / "last.pth"))
+    del ckpt["optimizer_type"]
+    torch.save(ckpt, out / "old.pth")
+    with pytest.raises(CheckpointError, match=r"holds SGD optimizer state"):
+        train(adamw, resume=str(out / "old.pth"))
+
+
+def _iterations(metrics):
+    return [json.loads(line)["iteration"] for line in open(metrics) if "loss" in line]
+
+
+def test_unusable_last_falls_back_and_metrics_keep_each_iteration_once(
+    synthetic_cls_root, tmp_path, caplog
+):
+    out = tmp_path / "run"
+    opts = dict(SOLVER__EPOCHS=4, SOLVER__MAX_ITERS_PER_EPOCH=1, CHECKPOINT_PERIOD=1)
+    cfg = _cfg(synthetic_cls_root, out, True, **opts)
+    assert train(cfg, stop_after_epochs=3)["iteration"] == 3
+    assert _iterations(out / "metrics.json") == [0, 1, 2]
+    (out / "last.pth").write_bytes((out / "last.pth").read_bytes()[:1000])  # truncated
+    (out / "checkpoint_0003.pth").write_bytes(b"")  # empty
+    with caplog.at_level(logging.WARNING, logger="pretrain.checkpoint"):
+        assert train(cfg) == {"epoch": 4, "iteration": 4}
+    assert f"falls back to {out / 'checkpoint_0002.pth'}" in caplog.text
+    assert str(out / "last.pth") in caplog.text and "truncated or corrupt" in caplog.text
+    # iteration 2 was rolled back and redone: it appears once
+    assert _iterations(out / "metrics.json") == [0, 1, 2, 3]
+    # no usable file at all: one error naming the files tried and the choices
+    assert sorted(p.name for p in out.glob("checkpoint_*.pth")) == [
+        f"checkpoint_000{e}.pth" for e in (1, 2, 3, 4)
+    ]
+    for path in [out / "last.pth", *out.glob("checkpoint_*.pth")]:
+        path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"no usable checkpoint.*--no-auto-resume"):
+        train(cfg)
+    fresh = train(cfg, auto_resume=False, stop_after_epochs=1)  # --no-auto-resume
+    assert fresh == {"epoch": 1, "iteration": 1}
