@@ -38,7 +38,6 @@ sys.path.insert(0, REPO)
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import HookBase, hooks  # noqa: E402
 
-import synthetic  # noqa: E402
 from detection.config import add_moco_detection_config, resolve_single_process  # noqa: E402
 from detection.datasets import register_from_config  # noqa: E402
 from detection.train_net import Trainer  # noqa: E402
@@ -84,8 +83,11 @@ def _peak_mem_gib(device):
 
 def make_data(root, images, test_images, min_side, max_side, seed=0):
     """Write a VOC-format set (VOC2007 + VOC2012 trainval, VOC2007 test) under ``root`` with
-    ``synthetic.make_voc`` unless it is there already. Returns ``root``."""
+    ``synthetic.make_voc``, and its class names to ``root/classes.json``, unless the set is
+    there already (a set made elsewhere needs no OpenCV here). Returns ``root``."""
     if not os.path.exists(os.path.join(root, "VOC2007", "ImageSets", "Main", "test.txt")):
+        import synthetic  # imports OpenCV: only needed to generate
+
         synthetic.make_voc(
             root,
             seed=seed,
@@ -94,6 +96,11 @@ def make_data(root, images, test_images, min_side, max_side, seed=0):
             min_side=min_side,
             max_side=max_side,
         )
+    if not os.path.exists(os.path.join(root, "classes.json")):
+        import synthetic
+
+        with open(os.path.join(root, "classes.json"), "w") as f:
+            json.dump(list(synthetic.DET_CLASSES), f)
     return root
 
 
@@ -101,6 +108,8 @@ def build_cfg(config_file, data_root, device, batch, workers, iters, overrides=(
     """The benchmark config: ``config_file`` on the generated set ``data_root`` with
     ``overrides`` (KEY VALUE list), ``iters`` iterations, no evaluation or precise BN, adjusted
     for one process. Returns the (unfrozen) config and the notes of the adjustments."""
+    with open(os.path.join(data_root, "classes.json")) as f:
+        classes = json.load(f)
     cfg = get_cfg()
     add_moco_detection_config(cfg)
     cfg.merge_from_file(config_file)
@@ -108,8 +117,9 @@ def build_cfg(config_file, data_root, device, batch, workers, iters, overrides=(
         [
             "MODEL.DEVICE", device,
             "MODEL.WEIGHTS", "",
-            "MODEL.ROI_HEADS.NUM_CLASSES", str(len(synthetic.DET_CLASSES)),
+            "MODEL.ROI_HEADS.NUM_CLASSES", str(len(classes)),
             "TRANSFER.VOC_LIKE_ROOT", data_root,
+            "TRANSFER.VOC_LIKE_CLASSES", str(list(classes)),
             "TRANSFER.VOC_LIKE_PREFIX", "bench",
             "DATASETS.TRAIN", "('bench_2007_trainval', 'bench_2012_trainval')",
             "DATASETS.TEST", "('bench_2007_test',)",
@@ -304,6 +314,15 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def write_json(result, path):
+    """Write ``result`` to ``path`` (nothing when empty) via a temporary file. Returns None."""
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(path + ".tmp", path)
+
+
 def get_parser():
     """The command-line parser (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -320,6 +339,7 @@ def get_parser():
     p.add_argument("--max-side", type=int, default=0, help="image long side max (500; tiny 160)")
     p.add_argument("--infer-images", type=int, default=-1, help="timed test images (20; tiny 2)")
     p.add_argument("--data-root", default="", help="generated set to reuse (default: a temp dir)")
+    p.add_argument("--make-data-only", action="store_true", help="write --data-root and exit")
     p.add_argument("--compile-backend", default="", help="TRANSFER.COMPILE_BACKEND override")
     p.add_argument("--profile", default="", help="profile this variant only (top-20 ops)")
     p.add_argument("--profile-iters", type=int, default=5, help="profiled iterations")
@@ -364,20 +384,7 @@ def main(argv=None):
     args = _defaults(get_parser().parse_args(argv))
     if args.threads:
         torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        data_root = make_data(
-            args.data_root or os.path.join(tmp, "voc"),
-            args.images,
-            max(args.infer_images + 2, 3),
-            args.min_side,
-            args.max_side,
-        )
-        rows = {}
-        for name in args.variants:
-            print(f"== {name}", flush=True)
-            rows[name] = run_variant(
-                name, args, data_root, profile_steps=args.profile_iters if args.profile else 0
-            )
+    rows = {}
     result = {
         "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "device": args.device,
@@ -387,6 +394,23 @@ def main(argv=None):
         "args": vars(args),
         "rows": rows,
     }
+    with tempfile.TemporaryDirectory() as tmp:
+        data_root = make_data(
+            args.data_root or os.path.join(tmp, "voc"),
+            args.images,
+            max(args.infer_images + 2, 3),
+            args.min_side,
+            args.max_side,
+        )
+        if args.make_data_only:
+            print(f"wrote {data_root}")
+            return result
+        for name in args.variants:
+            print(f"== {name}", flush=True)
+            rows[name] = run_variant(
+                name, args, data_root, profile_steps=args.profile_iters if args.profile else 0
+            )
+            write_json(result, args.out)  # after every row: a killed run keeps what it measured
     print(format_table(rows))
     for name, r in rows.items():
         if "profile_table" in r:
@@ -395,10 +419,6 @@ def main(argv=None):
                 f"{r['profile_self_total_ms']:.0f} ms of {r['profile_wall_ms']:.0f} ms wall):"
             )
             print(r["profile_table"])
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
     return result
 
 

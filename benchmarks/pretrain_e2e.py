@@ -298,6 +298,15 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def write_json(result, path):
+    """Write ``result`` to ``path`` (nothing when empty) via a temporary file. Returns None."""
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(path + ".tmp", path)
+
+
 def get_parser():
     """The command-line parser (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -352,12 +361,28 @@ def main(argv=None):
     if args.device == "cuda":
         torch.backends.cudnn.benchmark = True
     width, height = (int(v) for v in args.image_size.lower().split("x"))
+    rows = {}
+    result = {
+        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "device": args.device,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "tiny": args.tiny,
+        "targets": {
+            "e2e_pairs_per_s_at_batch_256_split_bn": E2E_TARGET,
+            "e2e_max_data_wait_pct": E2E_MAX_DATA_WAIT,
+            "step_pairs_per_s_at_batch_32": STEP32_TARGET,
+            "per_image_loader_images_per_s_16_workers": LOADER_TARGET,
+        },
+        "args": dict(vars(args)),
+        "rows": rows,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         data = write_jpeg_folder(args.data_root or os.path.join(tmp, "jpegs"), args.images,
                                  width, height)  # fmt: skip
+        result["data"] = data
         print(f"data: {data['images']} JPEGs {width}x{height}, {data['mean_kib']:.1f} KiB each")
-        rows, specs = {}, build_rows(args, data["root"])
-        for name, (kind, overrides, batch, target) in specs.items():
+        for name, (kind, overrides, batch, target) in build_rows(args, data["root"]).items():
             if args.rows is not None and not any(name.startswith(r) for r in args.rows):
                 continue
             print(f"== {name}", flush=True)
@@ -367,27 +392,8 @@ def main(argv=None):
                 row = run_training_row(overrides, args, batch)
             row["target_status"] = target_status(row, target)
             rows[name] = row
-    result = {
-        "device_name": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
-        "device": args.device,
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "tiny": args.tiny,
-        "data": data,
-        "targets": {
-            "e2e_pairs_per_s_at_batch_256_split_bn": E2E_TARGET,
-            "e2e_max_data_wait_pct": E2E_MAX_DATA_WAIT,
-            "step_pairs_per_s_at_batch_32": STEP32_TARGET,
-            "per_image_loader_images_per_s_16_workers": LOADER_TARGET,
-        },
-        "args": {k: v for k, v in vars(args).items()},
-        "rows": rows,
-    }
+            write_json(result, args.out)  # after every row: a killed run keeps what it measured
     print(format_table(rows))
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
     return result
 
 
