@@ -50,7 +50,6 @@ TINY_CONFIG = os.path.join(REPO, "configs", "detection", "tiny_synthetic.yaml")
 # Ampere and newer; "fp32-strict" turns TF32 off (the V100 reference had none).
 VARIANTS = {
     "fp32": [],
-    "fp32-strict": ["TRANSFER.TF32", "off"],
     "amp": ["SOLVER.AMP.ENABLED", "True"],
     "amp-bf16": ["SOLVER.AMP.ENABLED", "True", "TRANSFER.AMP_DTYPE", "bfloat16"],
     "cudnn-benchmark": ["CUDNN_BENCHMARK", "True"],
@@ -67,6 +66,7 @@ VARIANTS = {
         "TRANSFER.SGD_IMPL", "fused",
         "TRANSFER.COMPILE_RES5", "default",
     ],
+    "fp32-strict": ["TRANSFER.TF32", "off"],
 }  # fmt: skip
 
 
@@ -369,9 +369,7 @@ def _defaults(args):
         args.variants = [args.profile]
     elif args.variants is None:
         args.variants = (
-            ["fp32", "channels-last", "fused-sgd", "compile-res5"]
-            if tiny
-            else [v for v in VARIANTS if v != "fp32-strict"]
+            ["fp32", "channels-last", "fused-sgd", "compile-res5"] if tiny else list(VARIANTS)
         )
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:

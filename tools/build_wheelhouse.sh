@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
     --platform) PLATFORM=$2; shift 2 ;;
     --no-detectron2-ops) NO_OPS=1; shift ;;
     --without) WITHOUT+=("$2"); shift 2 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     -*) echo "build_wheelhouse: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) DIR=$1; shift ;;
   esac
