@@ -8,6 +8,7 @@
 #   benchmarks/gpu_lease.sh --part 3
 #   benchmarks/gpu_lease.sh --part all     # all three in a row (no per-command limit)
 #   benchmarks/gpu_lease.sh --summary      # the combined table of what $OUT holds
+#   benchmarks/gpu_lease.sh --install      # only the offline install (FORCE_INSTALL=1: redo)
 #
 # Parts (about 5, 9 and 8 minutes on one H100; each benchmark runs under `timeout` and writes
 # its JSON after every row, so a part cut short keeps what it measured):
@@ -23,7 +24,8 @@
 # both git-ignored; carry both to the GPU machine. Dependencies go to /tmp/site
 # (pip install --no-index --no-deps --target) and everything runs with
 # PYTHONPATH=/tmp/site:$PWD. Environment: OUT (default output/gpu_lease), WHEELS (wheel folders,
-# colon-separated, default .whl), PY (default python3), SITE (default /tmp/site).
+# colon-separated, default .whl), PY (default python3), SITE (default /tmp/site), PREP_PY (the
+# Python with this project's dependencies used by --prepare, default .venv/bin/python).
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -40,13 +42,14 @@ prepare() {
   set -e
   tools/build_wheelhouse.sh .whl --python-version 3.12 --no-detectron2-ops \
     --without opencv-python-headless
-  "$PY" benchmarks/detection_speed.py --make-data-only --data-root "$VOC"
+  # 128 trainval images per year (~13 MB): .whl + this set stay under a 64 MiB copy limit
+  "${PREP_PY:-.venv/bin/python}" benchmarks/detection_speed.py --make-data-only --data-root "$VOC" --images 128
   du -sh .whl "$VOC"
   echo "gpu_lease: carry .whl and $VOC to the GPU machine (git-ignored paths)"
 }
 
 install() {
-  if "$PY" -c "import detectron2, fvcore, iopath, pycocotools, tensorboard, pretrain, detection" \
+  if [ -z "${FORCE_INSTALL:-}" ] && "$PY" -c "import detectron2, fvcore, iopath, pycocotools, tensorboard, pretrain, detection" \
     2>/dev/null; then
     echo "gpu_lease: dependencies already importable"
     return
@@ -114,12 +117,12 @@ for path in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
         if "s_per_iter" in r:
             value = f"{r['s_per_iter']:.3f} s/iter"
             status = f"{r['max_mem_gib']:.1f} GiB, infer {r.get('infer_s_per_image', float('nan')):.3f} s/img"
+        elif "images_per_s" in r:
+            value, status = f"{r['images_per_s']:.0f} images/s", r.get("target_status", "")
         elif "pairs_per_s" in r:
             value, status = f"{r['pairs_per_s']:.0f} pairs/s", r.get("target_status", "")
             if "data_wait_pct" in r:
                 status = f"data wait {r['data_wait_pct']:.1f}%; {status}"
-        elif "images_per_s" in r:
-            value, status = f"{r['images_per_s']:.0f} images/s", ""
         else:
             value, status = "", "; ".join(f"{k}: {v}" for k, v in r.items() if k != "target_status")
         print(f"{'':28s} {row[:42]:42s} {value:>22s}  {status}")
@@ -129,6 +132,7 @@ PY
 case "${1:-}" in
   --prepare) prepare ;;
   --summary) summary ;;
+  --install) install ;;
   --part)
     case "${2:-}" in
       1) install && part1 ;;
@@ -139,5 +143,5 @@ case "${1:-}" in
     esac
     summary
     ;;
-  *) sed -n '2,28p' "$0"; exit 2 ;;
+  *) sed -n "2,$(($(grep -n '^set -uo' "$0" | cut -d: -f1) - 1))p" "$0"; exit 2 ;;
 esac

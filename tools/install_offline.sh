@@ -34,6 +34,7 @@ fi
 wheels=("$DIR"/*.whl)
 if [ -n "$TARGET" ]; then
   mkdir -p "$TARGET"
+  TARGET=$(cd "$TARGET" && pwd)
   "$PY" -m pip install -q --no-index --no-deps --upgrade --target "$TARGET" "${wheels[@]}"
   rm -rf "$TARGET/detectron2"
   cp -r "$DIR/detectron2/." "$TARGET/"
@@ -44,6 +45,8 @@ else
   echo "$DIR/detectron2" > "$site/detectron2-wheel.pth"
   check_path=""
 fi
+# checked from / so that a source checkout in the working directory cannot stand in for it
+cd /
 PYTHONPATH="$check_path${PYTHONPATH:+:$PYTHONPATH}" "$PY" - <<'PY'
 import torch
 import detectron2, pretrain, detection, convert  # noqa: F401
