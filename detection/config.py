@@ -3,10 +3,21 @@
 Everything the MoCo recipe needs that detectron2's defaults do not already have lives under
 ``cfg.TRANSFER``. Switches that detectron2 already provides are reused, not duplicated:
 mixed precision is ``SOLVER.AMP.ENABLED``, the seed is ``SEED``, precise BN is
-``TEST.PRECISE_BN``.
+``TEST.PRECISE_BN``, cuDNN's autotuner is ``CUDNN_BENCHMARK`` (applied by detectron2's
+``default_setup`` for training). The speed options (``TRANSFER.CHANNELS_LAST`` ...) are applied
+by ``detection.train_net.Trainer``; docs/detection_speed.md says what each one changes.
 """
 
+import logging
+
 from detectron2.config import CfgNode as CN
+
+logger = logging.getLogger("detection.config")
+
+COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
+SGD_IMPLS = ("foreach", "fused", "for-loop")
+TF32_MODES = ("", "on", "off")
+AMP_DTYPES = ("float16", "bfloat16")
 
 # Norms that synchronise statistics across processes; they only mean something with a
 # process group, so one process uses plain BN instead (see `resolve_single_process`).
@@ -53,6 +64,40 @@ def add_moco_detection_config(cfg):
     # was measured no better than SGD (docs/tiny_recipe.md), so every shipped config uses SGD.
     _C.TRANSFER.OPTIMIZER = "SGD"
 
+    # --- Speed options. Off (or detectron2's behaviour) by default unless numerically neutral;
+    # the published-number comparison assumes the defaults (fp32 as in the reference).
+    # channels_last (NHWC) memory format for the backbone and the res5 ROI head: tensor-core
+    # convolutions without layout transposes. Same math, different summation order.
+    _C.TRANSFER.CHANNELS_LAST = False
+    # SGD implementation: "foreach" (detectron2's choice: one multi-tensor kernel per op),
+    # "fused" (one kernel for the whole update; CUDA, and CPU on recent torch) or "for-loop"
+    # (one kernel per parameter). The same update up to float rounding.
+    _C.TRANSFER.SGD_IMPL = "foreach"
+    # torch.compile mode for the res5 ROI head (roi_heads.res5, which runs on every sampled ROI):
+    # "" (eager), "default", "reduce-overhead" (CUDA graphs) or "max-autotune". Compiled in place
+    # (nn.Module.compile), so checkpoints keep their key names.
+    _C.TRANSFER.COMPILE_RES5 = ""
+    # Compile with dynamic shapes: the number of ROIs is fixed in training (ROI_HEADS.
+    # BATCH_SIZE_PER_IMAGE x images once enough proposals exist) but varies at test time; True
+    # compiles one graph for any ROI count instead of recompiling per count.
+    _C.TRANSFER.COMPILE_DYNAMIC = True
+    # torch.compile backend: "inductor" (generated kernels, the speed-up) or "eager" /
+    # "aot_eager" (no code generation: cheap checks that the head traces). On CPU "inductor" is
+    # skipped with a log line (this option is for GPU speed).
+    _C.TRANSFER.COMPILE_BACKEND = "inductor"
+    # TF32 on Ampere and newer GPUs: "" keeps torch's defaults (cuDNN convolutions in TF32,
+    # matmuls in fp32), "on" allows TF32 for both, "off" for neither (strict fp32, as on the
+    # V100s of the reference). No-op on CPU (logged).
+    _C.TRANSFER.TF32 = ""
+    # Autocast dtype when SOLVER.AMP.ENABLED: "float16" (detectron2's AMPTrainer, with its grad
+    # scaler) or "bfloat16" (no overflow, the scaler then never skips a step).
+    _C.TRANSFER.AMP_DTYPE = "float16"
+    # Pad each batch to a multiple of this many pixels (0: to the largest image only, the
+    # recipe). Multi-scale training (11 MIN_SIZE_TRAIN values x any aspect ratio) makes many
+    # distinct batch shapes; padding to e.g. 128 leaves few, so CUDNN_BENCHMARK tunes each shape
+    # once. More padding changes the BN statistics slightly (zeros after normalisation).
+    _C.TRANSFER.PAD_SIZE_DIVISIBILITY = 0
+
 
 def resolve_single_process(cfg, world_size):
     """Make the norm and AMP settings explicit for the processes actually running, in place.
@@ -77,4 +122,49 @@ def resolve_single_process(cfg, world_size):
     if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
         cfg.SOLVER.AMP.ENABLED = False
         notes.append("SOLVER.AMP.ENABLED True -> False (detectron2's AMPTrainer needs CUDA)")
+    return notes
+
+
+def validate_speed_options(cfg):
+    """Check the ``TRANSFER`` speed options and say which are no-ops on this device.
+
+    Args:
+        cfg (CfgNode): a config with the ``TRANSFER`` node.
+
+    Returns:
+        list[str]: one note per option that is ignored on ``MODEL.DEVICE`` (also logged).
+
+    Raises:
+        ValueError: naming the key and its allowed values when one is invalid.
+    """
+    t = cfg.TRANSFER
+    for key, value, allowed in (
+        ("TRANSFER.COMPILE_RES5", t.COMPILE_RES5, COMPILE_MODES),
+        ("TRANSFER.SGD_IMPL", t.SGD_IMPL, SGD_IMPLS),
+        ("TRANSFER.TF32", t.TF32, TF32_MODES),
+        ("TRANSFER.AMP_DTYPE", t.AMP_DTYPE, AMP_DTYPES),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, got {value!r}")
+    if t.PAD_SIZE_DIVISIBILITY < 0:
+        raise ValueError(
+            "TRANSFER.PAD_SIZE_DIVISIBILITY must be >= 0 (0 = recipe), "
+            f"got {t.PAD_SIZE_DIVISIBILITY}"
+        )
+    if not t.COMPILE_BACKEND:
+        raise ValueError("TRANSFER.COMPILE_BACKEND must name a torch.compile backend (inductor)")
+    notes = []
+    if not cfg.MODEL.DEVICE.startswith("cuda"):
+        if t.TF32:
+            notes.append(f"TRANSFER.TF32 {t.TF32!r} has no effect on {cfg.MODEL.DEVICE}")
+        if cfg.CUDNN_BENCHMARK:
+            notes.append(f"CUDNN_BENCHMARK True has no effect on {cfg.MODEL.DEVICE}")
+        if t.COMPILE_RES5 and t.COMPILE_BACKEND == "inductor":
+            notes.append(
+                f"TRANSFER.COMPILE_RES5 {t.COMPILE_RES5!r} skipped on {cfg.MODEL.DEVICE} with "
+                "the inductor backend (a GPU speed option); TRANSFER.COMPILE_BACKEND eager "
+                "checks that the head compiles"
+            )
+    for note in notes:
+        logger.info("Speed option: %s", note)
     return notes

@@ -26,15 +26,92 @@ from detectron2.utils.logger import setup_logger
 from iopath.common.file_io import g_pathmgr
 
 import detection  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
-from detection.config import add_moco_detection_config, resolve_single_process
+from detection.config import (
+    SGD_IMPLS,
+    add_moco_detection_config,
+    resolve_single_process,
+    validate_speed_options,
+)
 from detection.datasets import register_from_config
 
 FINAL_METRICS = "final_metrics.json"
 logger = logging.getLogger("detection.train_net")  # not __name__: "__main__" under -m
 
 
+def apply_tf32(cfg):
+    """Set torch's TF32 switches from ``TRANSFER.TF32`` ("" leaves torch's defaults; "on" and
+    "off" set both the matmul and the cuDNN switch). Returns None; no-op off CUDA."""
+    if cfg.TRANSFER.TF32 and cfg.MODEL.DEVICE.startswith("cuda"):
+        allow = cfg.TRANSFER.TF32 == "on"
+        torch.backends.cuda.matmul.allow_tf32 = allow
+        torch.backends.cudnn.allow_tf32 = allow
+        logger.info("TF32 %s for matmuls and cuDNN convolutions", "on" if allow else "off")
+
+
+def pad_batches_to(backbone, divisor):
+    """Make ``GeneralizedRCNN`` pad every batch to a multiple of ``divisor`` pixels.
+
+    detectron2 reads the padding from the backbone's ``size_divisibility`` property (0 for the
+    C4 ResNet); the backbone's class is swapped for a subclass returning ``divisor``, so the
+    module, its parameters and its checkpoint keys stay the same. Returns the backbone."""
+    if divisor <= 0 or backbone.size_divisibility == divisor:
+        return backbone
+    if backbone.size_divisibility and divisor % backbone.size_divisibility:
+        raise ValueError(
+            f"TRANSFER.PAD_SIZE_DIVISIBILITY {divisor} must be a multiple of the backbone's own "
+            f"size_divisibility {backbone.size_divisibility}"
+        )
+    cls = type(backbone)
+    backbone.__class__ = type(
+        cls.__name__, (cls,), {"size_divisibility": property(lambda _: divisor)}
+    )
+    return backbone
+
+
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with the evaluator chosen by the test set's ``evaluator_type``."""
+    """DefaultTrainer with the evaluator chosen by the test set's ``evaluator_type`` and the
+    ``TRANSFER`` speed options (channels_last, compiled res5, SGD implementation, TF32, AMP
+    dtype, batch padding; docs/detection_speed.md)."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if cfg.SOLVER.AMP.ENABLED and cfg.TRANSFER.AMP_DTYPE == "bfloat16":
+            self._trainer.precision = torch.bfloat16  # AMPTrainer autocasts to this dtype
+
+    @classmethod
+    def build_model(cls, cfg):
+        """detectron2's model with the speed options applied (see ``TRANSFER`` in
+        detection/config.py). Returns the model on ``MODEL.DEVICE``."""
+        validate_speed_options(cfg)
+        apply_tf32(cfg)
+        model = super().build_model(cfg)
+        pad_batches_to(model.backbone, cfg.TRANSFER.PAD_SIZE_DIVISIBILITY)
+        res5 = getattr(getattr(model, "roi_heads", None), "res5", None)
+        if cfg.TRANSFER.CHANNELS_LAST:
+            for module in (model.backbone, res5):
+                if module is not None:
+                    module.to(memory_format=torch.channels_last)
+            logger.info("channels_last for the backbone%s", " and res5" if res5 is not None else "")
+        compile_mode = cfg.TRANSFER.COMPILE_RES5
+        on_cuda = cfg.MODEL.DEVICE.startswith("cuda")
+        if compile_mode and (on_cuda or cfg.TRANSFER.COMPILE_BACKEND != "inductor"):
+            if res5 is None:
+                raise ValueError(
+                    "TRANSFER.COMPILE_RES5 needs a C4 model with roi_heads.res5 "
+                    f"(MODEL.ROI_HEADS.NAME is {cfg.MODEL.ROI_HEADS.NAME}); set it to ''"
+                )
+            res5.compile(
+                mode=None if compile_mode == "default" else compile_mode,
+                dynamic=cfg.TRANSFER.COMPILE_DYNAMIC,
+                backend=cfg.TRANSFER.COMPILE_BACKEND,
+            )
+            logger.info(
+                "roi_heads.res5 compiled (mode %s, dynamic %s, backend %s)",
+                compile_mode,
+                cfg.TRANSFER.COMPILE_DYNAMIC,
+                cfg.TRANSFER.COMPILE_BACKEND,
+            )
+        return model
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -49,11 +126,11 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        """detectron2's SGD, or AdamW over the same parameter groups (``TRANSFER.OPTIMIZER``)."""
+        """detectron2's SGD (its parameter groups and hyper-parameters; ``TRANSFER.SGD_IMPL``
+        picks foreach, fused or for-loop kernels), or AdamW over the same parameter groups
+        (``TRANSFER.OPTIMIZER``). Returns the optimizer."""
         name = cfg.TRANSFER.OPTIMIZER
-        if name == "SGD":
-            return super().build_optimizer(cfg, model)
-        if name != "AdamW":
+        if name not in ("SGD", "AdamW"):
             raise ValueError(f"TRANSFER.OPTIMIZER must be 'SGD' or 'AdamW', got {name!r}")
         params = get_default_optimizer_params(
             model,
@@ -62,8 +139,23 @@ class Trainer(DefaultTrainer):
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
         )
-        optimizer = torch.optim.AdamW(
-            params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+        if name == "AdamW":
+            optimizer = torch.optim.AdamW(
+                params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+            )
+            return maybe_add_gradient_clipping(cfg, optimizer)
+        impl = cfg.TRANSFER.SGD_IMPL
+        if impl not in SGD_IMPLS:
+            raise ValueError(f"TRANSFER.SGD_IMPL must be one of {SGD_IMPLS}, got {impl!r}")
+        optimizer = torch.optim.SGD(
+            params,
+            lr=cfg.SOLVER.BASE_LR,
+            momentum=cfg.SOLVER.MOMENTUM,
+            nesterov=cfg.SOLVER.NESTEROV,
+            weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+            # detectron2's build_optimizer passes foreach=True; fused and foreach are exclusive
+            foreach=impl == "foreach",
+            fused=impl == "fused" or None,
         )
         return maybe_add_gradient_clipping(cfg, optimizer)
 

@@ -165,3 +165,20 @@ def test_transfer_optimizer_choice(name):
     # detectron2's groups: no weight decay on the BN parameters (SOLVER.WEIGHT_DECAY_NORM 0)
     bn = {id(p) for p in model[1].parameters()}
     assert all(g["weight_decay"] == 0.0 for g in groups if id(g["params"][0]) in bn)
+
+
+@pytest.mark.parametrize("variant", ["moco", "supervised"])
+def test_one_gpu_variants_keep_the_whole_recipe_and_bn_over_16_images(variant):
+    base = load_cfg(os.path.join(CONFIG_DIR, f"pascal_voc_R_50_C4_24k_{variant}.yaml"))
+    one = load_cfg(os.path.join(CONFIG_DIR, f"pascal_voc_R_50_C4_24k_{variant}_1gpu.yaml"))
+    # lr, batch and schedule are the recipe's; only the loader workers differ
+    diff = {k for k, v in flatten(one).items() if flatten(base)[k] != v}
+    assert diff == {"DATALOADER.NUM_WORKERS"}
+    assert one.SOLVER.IMS_PER_BATCH == 16 and one.SOLVER.BASE_LR == pytest.approx(0.02)
+    # one process: BN over the whole batch of 16 (the recipe's SyncBN statistics)
+    resolve_single_process(one, world_size=1)
+    assert one.MODEL.RESNETS.NORM == "BN"
+    # every speed option is off in the shipped configs (the published-number setting)
+    t = one.TRANSFER
+    assert (t.CHANNELS_LAST, t.COMPILE_RES5, t.TF32, t.PAD_SIZE_DIVISIBILITY) == (False, "", "", 0)
+    assert (one.SOLVER.AMP.ENABLED, one.CUDNN_BENCHMARK, t.SGD_IMPL) == (False, False, "foreach")
