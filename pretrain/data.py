@@ -173,7 +173,7 @@ class TwoViewDataset(Dataset):
         raise RuntimeError("no readable image in the whole dataset")
 
 
-def skipped_files(skip: torch.Tensor, n_images: int) -> List[int]:
+def skipped_indices(skip: torch.Tensor, n_images: int) -> List[int]:
     """Indices of the files a batch passed over: ``skip`` is the Bx2 ``(first, count)`` of
     :class:`TwoViewDataset` samples, ``n_images`` the dataset length."""
     return [

@@ -35,6 +35,7 @@ from .checkpoint import (
 )
 from .config import load_cfg
 from .data import build_train_dataset, build_train_loader, sample_seed
+from .device_input import DeviceInput
 from .distributed import maybe_init_from_env, select_device
 from .engine import LoopContext, ProgressPrinter, train_one_epoch
 from .logs import setup_named_logger
@@ -173,7 +174,7 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
         amp_dtype=amp_dtype,
         channels_last=device.type == "cuda" and cfg.SOLVER.CHANNELS_LAST,
     )
-    if cfg.INPUT.BATCHED_AUG:
+    if cfg.INPUT.PIPELINE in ("batched", "device"):
         ctx.batched_aug = BatchedMocoAug(
             cfg.INPUT.AUG,
             cfg.INPUT.SIZE,
@@ -181,6 +182,9 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
             jitter=cfg.INPUT.COLOR_JITTER,
             gray_p=cfg.INPUT.GRAY_P,
         )
+    # INPUT.PIPELINE "device": the loader yields file bytes; decode + augment on `device`
+    if cfg.INPUT.PIPELINE == "device":
+        ctx.batched_aug = DeviceInput(ctx.batched_aug, device)
     if comm.is_main_process():
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         ctx.writers = [

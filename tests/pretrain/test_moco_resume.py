@@ -16,7 +16,8 @@ CONFIG = os.path.join(
 )
 
 
-def _cfg(root, out, batched: bool):
+def _cfg(root, out, pipeline: str):
+    batched = pipeline != "pil"
     opts = {
         "DATA.TRAIN": str(root / "train"),
         "DATA.KNN_TRAIN": "",
@@ -29,8 +30,8 @@ def _cfg(root, out, batched: bool):
         "MODEL.KEY_BN_SPLITS": 2,
         "INPUT.SIZE": 32,
         "INPUT.LOAD_SIZE": 40,
-        "INPUT.BATCHED_AUG": batched,
-        "DATA.CACHE_DECODED": batched,  # the cache only serves the batched path
+        "INPUT.PIPELINE": pipeline,
+        "DATA.CACHE_DECODED": pipeline == "batched",  # the cache only serves "batched"
         # both optimizers: AdamW (the tiny recipe's) and SGD with momentum (the paper's)
         "SOLVER.OPTIMIZER": "AdamW" if batched else "SGD",
         "DATA.NUM_WORKERS": 0 if batched else 1,  # the PIL path through a worker process
@@ -44,14 +45,15 @@ def _cfg(root, out, batched: bool):
     return load_cfg(CONFIG, [x for kv in opts.items() for x in map(str, kv)])
 
 
-@pytest.mark.parametrize("batched", [True, False], ids=["batched-aug", "pil-aug"])
-def test_resume_matches_uninterrupted(synthetic_cls_root, tmp_path, batched):
+@pytest.mark.parametrize("pipeline", ["batched", "pil", "device"])
+def test_resume_matches_uninterrupted(synthetic_cls_root, tmp_path, pipeline):
+    batched = pipeline != "pil"
     straight = tmp_path / "straight"
-    out = train(_cfg(synthetic_cls_root, straight, batched), auto_resume=False)
+    out = train(_cfg(synthetic_cls_root, straight, pipeline), auto_resume=False)
     assert out == {"epoch": 2, "iteration": 4}
 
     resumed = tmp_path / "resumed"
-    cfg = _cfg(synthetic_cls_root, resumed, batched)
+    cfg = _cfg(synthetic_cls_root, resumed, pipeline)
     assert train(cfg, stop_after_epochs=1)["epoch"] == 1  # "killed" after epoch 1
     assert train(cfg)["iteration"] == 4  # auto-resumes from resumed/last.pth
 
@@ -77,7 +79,7 @@ def test_resume_matches_uninterrupted(synthetic_cls_root, tmp_path, batched):
         assert not torch.equal(init[key], a["model"][key]), key
     assert (straight / "checkpoint_0002.pth").exists()
     assert (straight / "metrics.json").exists()
-    if batched:  # the kNN CLI reads the checkpoint (arch and head from its config)
+    if pipeline == "batched":  # the kNN CLI reads the checkpoint (arch and head from its config)
         res = knn_main(
             [
                 "--checkpoint",
