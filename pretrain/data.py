@@ -2,7 +2,10 @@
 
 A corrupt or unreadable image never stops a run: it is logged with its path, counted, and
 replaced by the next readable image in the list (deterministically, so resumed runs see the same
-data). The count travels with each sample so the loop can sum it across loader workers.
+data). Which files were passed over travels with each sample, so the training loop can count
+distinct unreadable files across loader workers and epochs. For the "device" pipeline the
+dataset returns file bytes and decoding happens on the training device
+(:mod:`pretrain.device_input`).
 """
 
 import logging
