@@ -50,6 +50,11 @@ _C.INPUT.GRAY_P = 0.2  # RandomGrayscale probability
 # - "device": workers only read file bytes; JPEGs are decoded on the training device (nvJPEG on
 #   CUDA) and cropped from the full image, then augmented as whole batches.
 _C.INPUT.PIPELINE = "pil"
+_C.register_renamed_key(
+    "INPUT.BATCHED_AUG",
+    "INPUT.PIPELINE",
+    message='INPUT.BATCHED_AUG True is now INPUT.PIPELINE "batched" (False: "pil")',
+)
 _C.INPUT.LOAD_SIZE = 0  # square size images are decoded to for "batched"; 0 = 1.15 x SIZE
 
 _C.DATA = CN()

@@ -218,3 +218,11 @@ def test_empty_file_is_skipped_when_reading_bytes(tmp_path):
     encoded, skip = ds[0]
     assert skip.tolist() == [0, 1] and encoded.path.endswith("1.jpg")
     assert encoded.data.dtype == torch.uint8 and bytes(encoded.data.numpy()) == b"\xff\xd8 bytes"
+
+
+def test_pipeline_key_values_and_the_old_boolean():
+    assert load_cfg("").INPUT.PIPELINE == "pil"
+    with pytest.raises(ValueError, match="INPUT.PIPELINE='gpu'.*pil, batched, device"):
+        load_cfg("", ["INPUT.PIPELINE", "gpu"])
+    with pytest.raises(KeyError, match='renamed to INPUT.PIPELINE.*"batched"'):
+        load_cfg("", ["INPUT.BATCHED_AUG", "True"])
