@@ -11,6 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
+from PIL import Image, ImageFilter
 from torchvision.ops import roi_align
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -18,8 +19,32 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def blur_kernel_size(size: int) -> int:
-    """Odd Gaussian kernel size of ~10% of the image (23 at 224, as in SimCLR), at least 3."""
+    """Odd Gaussian kernel size of ~10% of the image (23 at 224, as in SimCLR), at least 3.
+
+    Used by the batched tensor blur only; the per-image path blurs with PIL's own filter.
+    """
     return max(3, int(0.1 * size) // 2 * 2 + 1)
+
+
+class PILGaussianBlur:
+    """Gaussian blur of a PIL image with sigma ~ U(``sigma``), as the MoCo v2 reference does.
+
+    The reference's ``GaussianBlur`` calls ``PIL.ImageFilter.GaussianBlur(radius=sigma)`` (PIL's
+    "radius" is the standard deviation); this one does the same but draws sigma from torch's RNG,
+    so per-sample seeding (:class:`pretrain.data.TwoViewDataset`) makes it reproducible. PIL's
+    filter is several times faster than torchvision's 23x23 tensor blur on PIL images.
+    """
+
+    def __init__(self, sigma=(0.1, 2.0)):
+        self.sigma = (float(sigma[0]), float(sigma[1]))
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        lo, hi = self.sigma
+        sigma = lo + (hi - lo) * torch.rand(1).item()
+        return img.filter(ImageFilter.GaussianBlur(radius=sigma))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(sigma={self.sigma})"
 
 
 def jitter_preset(aug: str, jitter=None):
@@ -39,9 +64,8 @@ def moco_transform(
     ``jitter`` (4 strengths) and ``gray_p`` override the preset's colour jitter and grayscale
     probability (for small-data runs); the defaults are the recipe's.
 
-    Input: a PIL image; output: a normalised float tensor 3 x size x size. The reference blurs
-    with PIL's radius-sigma filter; torchvision's GaussianBlur needs a finite kernel: ~10% of the
-    image, 23 px at 224 (+-5.5 sigma at sigma 2); at tiny sizes it truncates the larger sigmas.
+    Input: a PIL image; output: a normalised float tensor 3 x size x size. The operations and
+    their order are the reference's; the blur is PIL's filter (:class:`PILGaussianBlur`).
     """
     normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     crop = T.RandomResizedCrop(size, scale=tuple(scale))
@@ -51,7 +75,7 @@ def moco_transform(
             crop,
             T.RandomApply([color], p=0.8),
             T.RandomGrayscale(p=gray_p),
-            T.RandomApply([T.GaussianBlur(blur_kernel_size(size), sigma=(0.1, 2.0))], p=0.5),
+            T.RandomApply([PILGaussianBlur((0.1, 2.0))], p=0.5),
             T.RandomHorizontalFlip(),
         ]
     else:  # "v1" (jitter_preset has rejected any other name)
@@ -86,14 +110,68 @@ def eval_transform(size: int = 224) -> T.Compose:
     )
 
 
+def sample_crop_boxes(
+    heights,
+    widths,
+    scale=(0.2, 1.0),
+    ratio=(3 / 4, 4 / 3),
+    generator=None,
+    tries: int = 10,
+):
+    """RandomResizedCrop boxes for a batch, drawn as ``T.RandomResizedCrop.get_params`` does.
+
+    ``heights`` / ``widths``: 1-D tensors (one entry per image, on the device the randomness
+    should come from). Per image: up to ``tries`` draws of area U(``scale``) x H x W and a
+    log-uniform aspect ratio in ``ratio``; the first draw whose rounded box fits is used, at a
+    uniform integer position; if none fits, the centre crop of the closest allowed aspect ratio.
+    All draws are made at once with torch ops and ``generator``.
+
+    Returns ``(top, left, h, w)``: long tensors shaped like ``heights``.
+    """
+    H = torch.as_tensor(heights).long()
+    W = torch.as_tensor(widths, device=H.device).long()
+    dev, b = H.device, H.shape[0]
+    Hf, Wf = H.double(), W.double()
+    u_area = torch.rand(b, tries, device=dev, generator=generator, dtype=torch.float64)
+    u_ratio = torch.rand(b, tries, device=dev, generator=generator, dtype=torch.float64)
+    u_top = torch.rand(b, device=dev, generator=generator, dtype=torch.float64)
+    u_left = torch.rand(b, device=dev, generator=generator, dtype=torch.float64)
+    area = (Hf * Wf)[:, None] * (scale[0] + (scale[1] - scale[0]) * u_area)
+    lr0, lr1 = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lr0 + (lr1 - lr0) * u_ratio)
+    w = torch.round(torch.sqrt(area * aspect)).long()  # round half to even, as Python's round
+    h = torch.round(torch.sqrt(area / aspect)).long()
+    fits = (w > 0) & (w <= W[:, None]) & (h > 0) & (h <= H[:, None])
+    first = fits.long().argmax(1)  # index of the first fitting try (0 when none fits)
+    ok = fits.any(1)
+    w_try = w.gather(1, first[:, None]).squeeze(1)
+    h_try = h.gather(1, first[:, None]).squeeze(1)
+    # centre-crop fallback: the whole image clipped to the allowed aspect-ratio range
+    in_ratio = Wf / Hf
+    lo, hi = min(ratio), max(ratio)
+    w_fb = torch.where(in_ratio > hi, torch.round(Hf * hi).long(), W)
+    h_fb = torch.where(in_ratio < lo, torch.round(Wf / lo).long(), H)
+    h_out = torch.where(ok, h_try, h_fb)
+    w_out = torch.where(ok, w_try, w_fb)
+    # torch.randint(0, n) as floor(u * n) with a shared uniform draw per image
+    top_rand = torch.minimum((u_top * (H - h_out + 1)).long(), H - h_out)
+    left_rand = torch.minimum((u_left * (W - w_out + 1)).long(), W - w_out)
+    top = torch.where(ok, top_rand, (H - h_out) // 2)
+    left = torch.where(ok, left_rand, (W - w_out) // 2)
+    return top, left, h_out, w_out
+
+
 class BatchedMocoAug:
     """Batched aug+ / v1 on uint8 tensors: Bx3xHxW (0..255) -> Bx3xSxS normalised float.
 
-    Per sample, as in the per-image presets: a RandomResizedCrop box (area ``scale``, log-uniform
-    aspect 3/4..4/3), colour jitter with random strengths (brightness, contrast, saturation, and
-    hue as a rotation in YIQ space, a cheap stand-in for HSV), random grayscale, Gaussian blur
-    with per-sample sigma, and horizontal flip. The jitter order is fixed (torchvision permutes
-    it per image). Randomness comes from ``generator`` (or torch's global RNG).
+    Per sample, as in the per-image presets: a RandomResizedCrop box (torchvision's
+    distribution, :func:`sample_crop_boxes`), colour jitter with random strengths (brightness,
+    contrast, saturation, and hue as a rotation in YIQ space, a cheap stand-in for HSV), random
+    grayscale, Gaussian blur with per-sample sigma, and horizontal flip. The jitter order is
+    fixed (torchvision permutes it per image). Randomness comes from ``generator`` (or torch's
+    global RNG). The two stages can be used separately: :meth:`crop` (uint8 batch -> SxS crops
+    in [0, 1]) and :meth:`colour` (crops -> normalised views); the "device" pipeline crops each
+    image on its own.
     """
 
     def __init__(self, aug="aug+", size=224, scale=(0.2, 1.0), jitter=None, gray_p=0.2):
@@ -104,20 +182,6 @@ class BatchedMocoAug:
 
     def _rand(self, n, device, generator=None):
         return torch.rand(n, device=device, generator=generator)
-
-    def _boxes(self, b: int, h: int, w: int, device, gen) -> torch.Tensor:
-        """RandomResizedCrop boxes, Bx5 (batch index, x1, y1, x2, y2) in pixels."""
-        area = (
-            h * w * (self.scale[0] + (self.scale[1] - self.scale[0]) * self._rand(b, device, gen))
-        )
-        log_r = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * self._rand(b, device, gen)
-        ratio = torch.exp(log_r)
-        cw = torch.sqrt(area * ratio).clamp(max=w)
-        ch = torch.sqrt(area / ratio).clamp(max=h)
-        x1 = (w - cw) * self._rand(b, device, gen)
-        y1 = (h - ch) * self._rand(b, device, gen)
-        idx = torch.arange(b, device=device, dtype=cw.dtype)
-        return torch.stack([idx, x1, y1, x1 + cw, y1 + ch], dim=1)
 
     def _jitter(self, x: torch.Tensor, gen) -> torch.Tensor:
         """Colour jitter on Bx3xSxS floats in [0, 1], applied to a random p fraction."""
@@ -162,12 +226,26 @@ class BatchedMocoAug:
         return torch.where(on, y, x)
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor, generator=None) -> torch.Tensor:
-        """Augment a uint8 (or 0..255 float) batch Bx3xHxW into normalised Bx3xSxS floats."""
+    def crop(self, images: torch.Tensor, generator=None) -> torch.Tensor:
+        """uint8 (or 0..255 float) Bx3xHxW -> Bx3xSxS floats in [0, 1]: one random crop each.
+
+        Boxes come from :func:`sample_crop_boxes` (RandomResizedCrop's distribution) and are
+        resized with ``roi_align`` (bilinear, averaging several samples per output pixel).
+        """
         x = images.float()
         b, _, h, w = x.shape
-        boxes = self._boxes(b, h, w, x.device, generator)
-        x = roi_align(x, boxes, output_size=self.size, spatial_scale=1.0, aligned=True) / 255.0
+        full = torch.full((b,), h, device=x.device, dtype=torch.long)
+        top, left, ch, cw = sample_crop_boxes(
+            full, torch.full_like(full, w), self.scale, generator=generator
+        )
+        idx = torch.arange(b, device=x.device)
+        boxes = torch.stack([idx, left, top, left + cw, top + ch], dim=1).to(x.dtype)
+        return roi_align(x, boxes, output_size=self.size, spatial_scale=1.0, aligned=True) / 255.0
+
+    @torch.no_grad()
+    def colour(self, x: torch.Tensor, generator=None) -> torch.Tensor:
+        """Bx3xSxS floats in [0, 1] -> jitter, grayscale, blur, flip, ImageNet-normalised."""
+        b = x.shape[0]
         x = self._jitter(x, generator)
         gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(
             1, keepdim=True
@@ -181,3 +259,7 @@ class BatchedMocoAug:
         mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
+
+    def __call__(self, images: torch.Tensor, generator=None) -> torch.Tensor:
+        """Augment a uint8 (or 0..255 float) batch Bx3xHxW into normalised Bx3xSxS floats."""
+        return self.colour(self.crop(images, generator), generator)

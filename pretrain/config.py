@@ -9,6 +9,8 @@ import re
 
 from detectron2.config import CfgNode as CN
 
+PIPELINES = ("pil", "batched", "device")  # values of INPUT.PIPELINE
+
 _C = CN()
 # detectron2's CfgNode only merges YAML files into configs of its latest version (2); every
 # YAML here states VERSION 2 so detectron2 does not try to guess and upgrade it.
@@ -43,16 +45,25 @@ _C.INPUT.CROP_SCALE = (0.2, 1.0)  # RandomResizedCrop area range
 # ((0.4, 0.4, 0.4, 0.1) for aug+, (0.4, 0.4, 0.4, 0.4) for v1).
 _C.INPUT.COLOR_JITTER = ()
 _C.INPUT.GRAY_P = 0.2  # RandomGrayscale probability
-# Batched tensor augmentation on the training device instead of per-image PIL: images are
-# decoded once at LOAD_SIZE and cropped/jittered/blurred as whole batches. Much faster for tiny
-# CPU runs and for feeding GPUs; crops come from a LOAD_SIZE square, not the full image.
-_C.INPUT.BATCHED_AUG = False
-_C.INPUT.LOAD_SIZE = 0  # square size images are decoded to for BATCHED_AUG; 0 = 1.15 x SIZE
+# Input pipeline (docs/input_pipelines.md):
+# - "pil": loader workers decode and augment each image with PIL (the reference's recipe);
+# - "batched": workers decode to a LOAD_SIZE uint8 square; crops, jitter, blur etc. run on whole
+#   batches on the training device (fast for tiny CPU runs; crops come from the square, not the
+#   full image);
+# - "device": workers only read file bytes; JPEGs are decoded on the training device (nvJPEG on
+#   CUDA) and cropped from the full image, then augmented as whole batches.
+_C.INPUT.PIPELINE = "pil"
+_C.register_renamed_key(
+    "INPUT.BATCHED_AUG",
+    "INPUT.PIPELINE",
+    message='INPUT.BATCHED_AUG True is now INPUT.PIPELINE "batched" (False: "pil")',
+)
+_C.INPUT.LOAD_SIZE = 0  # square size images are decoded to for "batched"; 0 = 1.15 x SIZE
 
 _C.DATA = CN()
 _C.DATA.TRAIN = ""  # ImageFolder root (class sub-folders) or a text file with one path a line
-# Keep decoded images in memory (BATCHED_AUG only): for small sets such as the synthetic one,
-# where decoding JPEGs would otherwise cost as much as the network step on a CPU.
+# Keep decoded images in memory (INPUT.PIPELINE "batched" only): for small sets such as the
+# synthetic one, where decoding JPEGs would otherwise cost as much as the network step on a CPU.
 _C.DATA.CACHE_DECODED = False
 _C.DATA.NUM_WORKERS = 8  # loader processes per training process; raise until data time ~0
 # Labelled ImageFolder roots for the kNN monitor (both needed; empty = no monitor).
@@ -186,8 +197,12 @@ def validate_cfg(cfg: CN) -> None:
         (cfg.SOLVER.AMP in ("", "bf16", "fp16"), "SOLVER.AMP must be '', 'bf16' or 'fp16'"),
         (cfg.SOLVER.OPTIMIZER in ("SGD", "AdamW"), "SOLVER.OPTIMIZER must be 'SGD' or 'AdamW'"),
         (
-            cfg.INPUT.BATCHED_AUG or not cfg.DATA.CACHE_DECODED,
-            "DATA.CACHE_DECODED needs INPUT.BATCHED_AUG True (only decoded images are cached; "
+            cfg.INPUT.PIPELINE in PIPELINES,
+            f"INPUT.PIPELINE={cfg.INPUT.PIPELINE!r}: use one of {', '.join(PIPELINES)}",
+        ),
+        (
+            cfg.INPUT.PIPELINE == "batched" or not cfg.DATA.CACHE_DECODED,
+            "DATA.CACHE_DECODED needs INPUT.PIPELINE batched (only decoded squares are cached; "
             "per-image augmentation is random)",
         ),
         (

@@ -2,12 +2,15 @@
 
 A corrupt or unreadable image never stops a run: it is logged with its path, counted, and
 replaced by the next readable image in the list (deterministically, so resumed runs see the same
-data). The count travels with each sample so the loop can sum it across loader workers.
+data). Which files were passed over travels with each sample, so the training loop can count
+distinct unreadable files across loader workers and epochs. For the "device" pipeline the
+dataset returns file bytes and decoding happens on the training device
+(:mod:`pretrain.device_input`).
 """
 
 import logging
 import os
-from typing import List, Sequence, Tuple
+from typing import List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -98,21 +101,36 @@ class EpochSampler(DistributedSampler):
 
 
 class TwoViewDataset(Dataset):
-    """Images at ``paths`` -> ``(views, n_skipped)``; ``views`` is ``transform(image)``.
+    """Images at ``paths`` -> ``(views, skip)``; ``views`` is ``transform(image)``.
 
-    ``transform`` takes an RGB PIL image (e.g. :class:`TwoCropsTransform`). ``n_skipped`` is the
-    number of unreadable images passed over to produce this sample. Indexed by ``(epoch, i)``
+    ``transform`` takes an RGB PIL image (e.g. :class:`TwoCropsTransform`). ``skip`` is a long
+    tensor ``(first, count)``: ``count`` unreadable files were passed over to produce this
+    sample, the files ``(first + k) % len(paths)`` for k < count (``first`` is the sample's own
+    index). The training loop uses it to count distinct unreadable files; each loader process
+    names an unreadable file in the log once. Indexed by ``(epoch, i)``
     (see :class:`EpochSampler`), the transform's torch randomness is seeded from
     (``seed``, epoch, i), so augmentation does not depend on worker count or on earlier epochs.
     ``cache=True`` keeps each result in memory after its first load (in each loader process);
     only for a deterministic ``transform`` such as :class:`LoadAsUint8` on a small dataset.
+    ``read_bytes=True`` (the "device" pipeline) does not decode: a sample is
+    ``(EncodedImage(bytes as a 1-D uint8 tensor, path), skip)``; only unreadable files (I/O
+    errors, empty files) are skipped here, decoding failures are handled on the device.
     """
 
-    def __init__(self, paths: Sequence[str], transform, seed: int = 0, cache: bool = False):
+    def __init__(
+        self,
+        paths: Sequence[str],
+        transform=None,
+        seed: int = 0,
+        cache: bool = False,
+        read_bytes: bool = False,
+    ):
         self.paths = list(paths)
         self.transform = transform
         self.seed = seed
         self.cache = {} if cache else None
+        self.read_bytes = read_bytes
+        self._warned = set()  # files this process has already named in the log
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -138,12 +156,60 @@ class TwoViewDataset(Dataset):
             path = self.paths[(index + skipped) % len(self.paths)]
             try:
                 with PathManager.open(path, "rb") as f:
-                    img = Image.open(f).convert("RGB")
+                    if self.read_bytes:
+                        data = f.read()
+                        if not data:
+                            raise ValueError("empty file")
+                        out = EncodedImage(
+                            torch.frombuffer(bytearray(data), dtype=torch.uint8), path
+                        )
+                    else:
+                        out = self.transform(Image.open(f).convert("RGB"))
             except Exception as e:  # any decode/IO failure: skip, never crash a long run
-                logger.warning("Skipping unreadable image %s (%s: %s)", path, type(e).__name__, e)
+                if path not in self._warned:
+                    self._warned.add(path)
+                    logger.warning(
+                        "Skipping unreadable image %s (%s: %s)", path, type(e).__name__, e
+                    )
                 continue
-            return self.transform(img), skipped
+            return out, torch.tensor([index, skipped])
         raise RuntimeError("no readable image in the whole dataset")
+
+
+def skipped_indices(skip: torch.Tensor, n_images: int) -> List[int]:
+    """Indices of the files a batch passed over: ``skip`` is the Bx2 ``(first, count)`` of
+    :class:`TwoViewDataset` samples, ``n_images`` the dataset length."""
+    return [
+        (first + k) % n_images for first, count in skip.view(-1, 2).tolist() for k in range(count)
+    ]
+
+
+class EncodedImage(NamedTuple):
+    """A file's undecoded bytes (1-D uint8 tensor) and its path (for log messages)."""
+
+    data: torch.Tensor
+    path: str
+
+
+class EncodedBatch(NamedTuple):
+    """Undecoded files of a batch: all bytes in one flat uint8 tensor (one shared-memory
+    transfer from a loader worker instead of one per file), per-file ``sizes`` and ``paths``."""
+
+    flat: torch.Tensor
+    sizes: List[int]
+    paths: List[str]
+
+    def files(self) -> List[torch.Tensor]:
+        """The per-file 1-D uint8 byte tensors (views into ``flat``)."""
+        return list(torch.split(self.flat, self.sizes))
+
+
+def collate_encoded(samples) -> Tuple[EncodedBatch, torch.Tensor]:
+    """DataLoader collate of ``(EncodedImage, skip)`` samples -> ``(EncodedBatch, Bx2 skip)``."""
+    images = [s[0] for s in samples]
+    flat = torch.cat([im.data for im in images])
+    batch = EncodedBatch(flat, [int(im.data.numel()) for im in images], [im.path for im in images])
+    return batch, torch.stack([s[1] for s in samples])
 
 
 class LoadAsUint8:
@@ -174,9 +240,13 @@ def load_size(cfg) -> int:
 
 
 def build_train_dataset(cfg) -> TwoViewDataset:
-    """The pretraining dataset of ``cfg.DATA.TRAIN``: two PIL views, or one uint8 image."""
+    """The pretraining dataset of ``cfg.DATA.TRAIN`` for ``cfg.INPUT.PIPELINE``: two PIL views
+    ("pil"), one uint8 square ("batched") or the file's bytes ("device")."""
     paths = list_images(cfg.DATA.TRAIN, "DATA.TRAIN")
-    if cfg.INPUT.BATCHED_AUG:
+    pipeline = cfg.INPUT.PIPELINE
+    if pipeline == "device":
+        return TwoViewDataset(paths, seed=cfg.SEED, read_bytes=True)
+    if pipeline == "batched":
         transform = LoadAsUint8(load_size(cfg))
     else:
         tf = moco_transform(
@@ -187,7 +257,7 @@ def build_train_dataset(cfg) -> TwoViewDataset:
             gray_p=cfg.INPUT.GRAY_P,
         )
         transform = TwoCropsTransform(tf)
-    # validate_cfg allows CACHE_DECODED only with BATCHED_AUG (a deterministic transform)
+    # validate_cfg allows CACHE_DECODED only for "batched" (a deterministic transform)
     return TwoViewDataset(paths, transform, seed=cfg.SEED, cache=cfg.DATA.CACHE_DECODED)
 
 
@@ -212,12 +282,15 @@ def build_train_loader(dataset, cfg, world_size: int, rank: int, pin_memory: boo
         dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.SEED, drop_last=True
     )
     workers = cfg.DATA.NUM_WORKERS
+    encoded = getattr(dataset, "read_bytes", False)
     loader = DataLoader(
         dataset,
         batch_size=per_proc,
         sampler=sampler,
         num_workers=workers,
-        pin_memory=pin_memory,
+        # file bytes go to the decoder from pageable memory (nvJPEG copies them itself)
+        pin_memory=pin_memory and not encoded,
+        collate_fn=collate_encoded if encoded else None,
         drop_last=True,
         persistent_workers=workers > 0,
         # Its own generator: creating an iterator must not consume the global RNG, which

@@ -10,6 +10,7 @@ import torch
 from detectron2.utils import comm
 from detectron2.utils.events import EventWriter, get_event_storage
 
+from .data import skipped_indices
 from .schedule import learning_rate
 
 logger = logging.getLogger(__name__)
@@ -20,7 +21,8 @@ class LoopContext:
     """What the loop needs besides model, data and optimizer.
 
     ``iteration`` is the global iteration counter (updated in place); ``batched_aug`` turns
-    uint8 batches into views on the device (None for the per-image PIL path); ``amp_dtype`` is
+    uint8 batches (a BatchedMocoAug, INPUT.PIPELINE "batched") or encoded batches (a
+    DeviceInput, "device") into views on the device (None for "pil"); ``amp_dtype`` is
     the autocast dtype (None = fp32); ``writers`` run every LOG_PERIOD iterations.
     """
 
@@ -36,11 +38,15 @@ class LoopContext:
     # divergence guard (see _check_finite): loss bound and the run's last good checkpoint
     loss_limit: float = math.inf
     last_good: str = ""
+    skipped_files: set = field(default_factory=set)  # paths of distinct unreadable files
 
 
 def _views(batch, ctx: LoopContext):
     """Loader batch -> (im_q, im_k) on the device, NxCxSxS each."""
-    if ctx.batched_aug is not None:
+    if hasattr(ctx.batched_aug, "views"):  # "device": JPEG bytes, decoded on the device
+        views = ctx.batched_aug.views(batch, ctx.aug_generator)
+        _note_skipped(ctx.batched_aug.unreadable_files, ctx)
+    elif ctx.batched_aug is not None:
         images = batch.to(ctx.device, non_blocking=True)  # Nx3xLxL uint8
         views = [ctx.batched_aug(images, ctx.aug_generator) for _ in range(2)]
     else:
@@ -58,6 +64,15 @@ def loss_limit(K: int, T: float, symmetric: bool = False) -> float:
     is numerically broken (overflow in the encoder), i.e. the run has exploded.
     """
     return (2 if symmetric else 1) * (math.log(K + 1) + 2 / T) + 1
+
+
+def _note_skipped(paths, ctx: LoopContext) -> None:
+    """Add unreadable files to the distinct count; log the total when it grows."""
+    before = len(ctx.skipped_files)
+    ctx.skipped_files.update(paths)
+    if len(ctx.skipped_files) > before:
+        ctx.skipped_images = len(ctx.skipped_files)
+        logger.warning("%d unreadable image(s) skipped so far", ctx.skipped_images)
 
 
 def _check_finite(loss: torch.Tensor, epoch: int, ctx: LoopContext, lr: float) -> None:
@@ -120,10 +135,9 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg, ctx: Loop
             torch.cuda.synchronize(ctx.device)  # honest step times
         step_time = time.perf_counter() - end
 
-        n_skipped = int(skipped.sum())
-        if n_skipped:
-            ctx.skipped_images += n_skipped
-            logger.warning("%d unreadable image(s) skipped so far", ctx.skipped_images)
+        if skipped[:, 1].any():  # (first, count) per sample: name distinct files, not events
+            paths = loader.dataset.paths
+            _note_skipped([paths[i] for i in skipped_indices(skipped, len(paths))], ctx)
         storage.iter = ctx.iteration
         acc1 = (out["logits"].argmax(dim=1) == 0).float().mean().item() * 100
         storage.put_scalars(

@@ -37,6 +37,7 @@ from .checkpoint import (
 )
 from .config import load_cfg
 from .data import build_train_dataset, build_train_loader, sample_seed
+from .device_input import DeviceInput
 from .distributed import maybe_init_from_env, select_device
 from .engine import LoopContext, ProgressPrinter, loss_limit, train_one_epoch
 from .logs import setup_named_logger
@@ -213,7 +214,7 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
         loss_limit=loss_limit(cfg.MODEL.K, cfg.MODEL.T, cfg.MODEL.SYMMETRIC),
         last_good=path or "",
     )
-    if cfg.INPUT.BATCHED_AUG:
+    if cfg.INPUT.PIPELINE in ("batched", "device"):
         ctx.batched_aug = BatchedMocoAug(
             cfg.INPUT.AUG,
             cfg.INPUT.SIZE,
@@ -221,6 +222,9 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
             jitter=cfg.INPUT.COLOR_JITTER,
             gray_p=cfg.INPUT.GRAY_P,
         )
+    # INPUT.PIPELINE "device": the loader yields file bytes; decode + augment on `device`
+    if cfg.INPUT.PIPELINE == "device":
+        ctx.batched_aug = DeviceInput(ctx.batched_aug, device)
     if comm.is_main_process():
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         ctx.writers = [

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from pretrain.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     BatchedMocoAug,
+    PILGaussianBlur,
     TwoCropsTransform,
     moco_transform,
 )
@@ -34,9 +35,10 @@ def test_aug_plus_parameters():
     assert jitter.hue == (-0.1, 0.1)
     ((_, gray),) = _find(tf, T.RandomGrayscale)
     assert gray.p == 0.2
-    ((wrap, blur),) = _find(tf, T.GaussianBlur)
+    ((wrap, blur),) = _find(tf, PILGaussianBlur)
     assert isinstance(wrap, T.RandomApply) and wrap.p == 0.5
-    assert blur.sigma == (0.1, 2.0) and blur.kernel_size == (23, 23)
+    assert blur.sigma == (0.1, 2.0)
+    assert not _find(tf, T.GaussianBlur)  # PIL's filter, not the slow 23x23 tensor blur
     ((_, flip),) = _find(tf, T.RandomHorizontalFlip)
     assert flip.p == 0.5
     ((_, norm),) = _find(tf, T.Normalize)
@@ -48,7 +50,7 @@ def test_v1_parameters():
     ((wrap, jitter),) = _find(tf, T.ColorJitter)
     assert wrap is jitter  # applied always, no RandomApply
     assert jitter.hue == (-0.4, 0.4) and jitter.brightness == (0.6, 1.4)
-    assert not _find(tf, T.GaussianBlur)
+    assert not _find(tf, T.GaussianBlur) and not _find(tf, PILGaussianBlur)
     assert _find(tf, T.RandomGrayscale)[0][1].p == 0.2
 
 
@@ -102,3 +104,35 @@ def test_jitter_and_grayscale_overrides_reach_both_paths():
     aug = BatchedMocoAug("aug+", 32, jitter=(0.8, 0.8, 0.8, 0.2), gray_p=0.5)
     assert aug.jitter == (0.8, 0.8, 0.8, 0.2) and aug.gray_p == 0.5
     assert BatchedMocoAug("v1", 32).jitter == (0.4, 0.4, 0.4, 0.4)
+
+
+def test_aug_plus_order_is_the_reference():
+    tf = moco_transform("aug+", 224)
+    inner = [t.transforms[0] if isinstance(t, T.RandomApply) else t for t in tf.transforms]
+    kinds = [T.RandomResizedCrop, T.ColorJitter, T.RandomGrayscale, PILGaussianBlur]
+    kinds += [T.RandomHorizontalFlip, T.ToTensor, T.Normalize]
+    assert [type(t) for t in inner] == kinds
+
+
+def test_pil_blur_is_pil_filter_with_torch_sigma(monkeypatch):
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
+    blur = PILGaussianBlur((0.1, 2.0))
+    torch.manual_seed(5)
+    out = blur(img)
+    torch.manual_seed(5)
+    sigma = 0.1 + 1.9 * torch.rand(1).item()
+    assert np.array_equal(np.asarray(out), np.asarray(img.filter(ImageFilter.GaussianBlur(sigma))))
+    assert not np.array_equal(np.asarray(out), np.asarray(img))
+    # sigma is drawn from U(0.1, 2.0): record the radii PIL's filter is built with
+    radii, pil_blur = [], ImageFilter.GaussianBlur
+
+    def record(radius):
+        radii.append(radius)
+        return pil_blur(radius)
+
+    monkeypatch.setattr("pretrain.augment.ImageFilter.GaussianBlur", record)
+    for _ in range(300):
+        blur(img)
+    assert 0.1 <= min(radii) < 0.2 and 1.9 < max(radii) <= 2.0
+    assert abs(np.mean(radii) - 1.05) < 0.1

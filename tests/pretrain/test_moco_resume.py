@@ -23,7 +23,8 @@ CONFIG = os.path.join(
 )
 
 
-def _cfg(root, out, batched: bool, **extra):
+def _cfg(root, out, pipeline: str, **extra):
+    batched = pipeline != "pil"
     opts = {
         "DATA.TRAIN": str(root / "train"),
         "DATA.KNN_TRAIN": "",
@@ -36,8 +37,8 @@ def _cfg(root, out, batched: bool, **extra):
         "MODEL.KEY_BN_SPLITS": 2,
         "INPUT.SIZE": 32,
         "INPUT.LOAD_SIZE": 40,
-        "INPUT.BATCHED_AUG": batched,
-        "DATA.CACHE_DECODED": batched,  # the cache only serves the batched path
+        "INPUT.PIPELINE": pipeline,
+        "DATA.CACHE_DECODED": pipeline == "batched",  # the cache only serves "batched"
         # both optimizers: AdamW (the tiny recipe's) and SGD with momentum (the paper's)
         "SOLVER.OPTIMIZER": "AdamW" if batched else "SGD",
         "DATA.NUM_WORKERS": 0 if batched else 1,  # the PIL path through a worker process
@@ -52,14 +53,15 @@ def _cfg(root, out, batched: bool, **extra):
     return load_cfg(CONFIG, [x for kv in opts.items() for x in map(str, kv)])
 
 
-@pytest.mark.parametrize("batched", [True, False], ids=["batched-aug", "pil-aug"])
-def test_resume_matches_uninterrupted(synthetic_cls_root, tmp_path, batched):
+@pytest.mark.parametrize("pipeline", ["batched", "pil", "device"])
+def test_resume_matches_uninterrupted(synthetic_cls_root, tmp_path, pipeline):
+    batched = pipeline != "pil"
     straight = tmp_path / "straight"
-    out = train(_cfg(synthetic_cls_root, straight, batched), auto_resume=False)
+    out = train(_cfg(synthetic_cls_root, straight, pipeline), auto_resume=False)
     assert out == {"epoch": 2, "iteration": 4}
 
     resumed = tmp_path / "resumed"
-    cfg = _cfg(synthetic_cls_root, resumed, batched)
+    cfg = _cfg(synthetic_cls_root, resumed, pipeline)
     assert train(cfg, stop_after_epochs=1)["epoch"] == 1  # "killed" after epoch 1
     assert train(cfg)["iteration"] == 4  # auto-resumes from resumed/last.pth
 
@@ -85,7 +87,7 @@ def test_resume_matches_uninterrupted(synthetic_cls_root, tmp_path, batched):
         assert not torch.equal(init[key], a["model"][key]), key
     assert (straight / "checkpoint_0002.pth").exists()
     assert (straight / "metrics.json").exists()
-    if batched:  # the kNN CLI reads the checkpoint (arch and head from its config)
+    if pipeline == "batched":  # the kNN CLI reads the checkpoint (arch and head from its config)
         res = knn_main(
             [
                 "--checkpoint",
@@ -106,10 +108,10 @@ def test_resume_matches_uninterrupted(synthetic_cls_root, tmp_path, batched):
 def test_blowup_is_never_checkpointed(synthetic_cls_root, tmp_path):
     out = tmp_path / "run"
     sane = dict(SOLVER__EPOCHS=3, SOLVER__MAX_ITERS_PER_EPOCH=1, SOLVER__WARMUP_EPOCHS=0.0)
-    assert train(_cfg(synthetic_cls_root, out, False, **sane), stop_after_epochs=1)["epoch"] == 1
+    assert train(_cfg(synthetic_cls_root, out, "pil", **sane), stop_after_epochs=1)["epoch"] == 1
     last = out / "last.pth"
     # lr 1e30 makes the weights huge but finite (~1e28) in one step: refused at the epoch's end
-    bad = _cfg(synthetic_cls_root, out, False, SOLVER__BASE_LR=1e30, **sane)
+    bad = _cfg(synthetic_cls_root, out, "pil", SOLVER__BASE_LR=1e30, **sane)
     with pytest.raises(FloatingPointError) as err:
         train(bad)
     msg = str(err.value)
@@ -120,22 +122,22 @@ def test_blowup_is_never_checkpointed(synthetic_cls_root, tmp_path):
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert not (out / "checkpoint_0002.pth").exists()
     # the rerun with the sane lr resumes from the good file and finishes
-    assert train(_cfg(synthetic_cls_root, out, False, **sane)) == {"epoch": 3, "iteration": 3}
+    assert train(_cfg(synthetic_cls_root, out, "pil", **sane)) == {"epoch": 3, "iteration": 3}
 
 
 def test_blowup_in_first_epoch_says_no_checkpoint_yet(synthetic_cls_root, tmp_path):
     out = tmp_path / "run"
     opts = dict(SOLVER__BASE_LR=1e30, SOLVER__MAX_ITERS_PER_EPOCH=1, SOLVER__WARMUP_EPOCHS=0.0)
     with pytest.raises(FloatingPointError, match="No checkpoint of this run.*--no-auto-resume"):
-        train(_cfg(synthetic_cls_root, out, False, **opts))
+        train(_cfg(synthetic_cls_root, out, "pil", **opts))
     assert not (out / "last.pth").exists()
 
 
 def test_optimizer_type_change_is_one_clear_error(synthetic_cls_root, tmp_path):
     out = tmp_path / "run"
     one = dict(SOLVER__EPOCHS=2, SOLVER__MAX_ITERS_PER_EPOCH=1)
-    train(_cfg(synthetic_cls_root, out, False, **one), stop_after_epochs=1)  # SGD
-    adamw = _cfg(synthetic_cls_root, out, False, SOLVER__OPTIMIZER="AdamW", **one)
+    train(_cfg(synthetic_cls_root, out, "pil", **one), stop_after_epochs=1)  # SGD
+    adamw = _cfg(synthetic_cls_root, out, "pil", SOLVER__OPTIMIZER="AdamW", **one)
     with pytest.raises(CheckpointError, match=r"holds SGD optimizer state.*SOLVER.OPTIMIZER SGD"):
         train(adamw)
     # files written before the type was recorded: the type is inferred from the param groups
@@ -155,7 +157,7 @@ def test_unusable_last_falls_back_and_metrics_keep_each_iteration_once(
 ):
     out = tmp_path / "run"
     opts = dict(SOLVER__EPOCHS=4, SOLVER__MAX_ITERS_PER_EPOCH=1, CHECKPOINT_PERIOD=1)
-    cfg = _cfg(synthetic_cls_root, out, True, **opts)
+    cfg = _cfg(synthetic_cls_root, out, "batched", **opts)
     assert train(cfg, stop_after_epochs=3)["iteration"] == 3
     assert _iterations(out / "metrics.json") == [0, 1, 2]
     (out / "last.pth").write_bytes((out / "last.pth").read_bytes()[:1000])  # truncated
