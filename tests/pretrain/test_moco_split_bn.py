@@ -134,3 +134,18 @@ def test_indivisible_batch_names_the_key():
     _, split = _pair()
     with pytest.raises(ValueError, match="KEY_BN_SPLITS"):
         split._keys(torch.randn(10, 3, 8, 8))
+
+
+def test_momentum_update_lists_survive_device_and_layout_moves():
+    """The foreach update holds Parameter objects; .to() must keep them the module's."""
+    _, split = _pair()
+    split = split.to(torch.float32).to(memory_format=torch.channels_last)
+    assert split._params_k[0] is split.encoder_k.conv.weight
+    assert split._params_q[-1] is list(split.encoder_q.parameters())[-1]
+    with torch.no_grad():
+        for p in split.encoder_q.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in split.encoder_k.parameters()]
+    split._momentum_update_key_encoder()
+    for b, k, q in zip(before, split.encoder_k.parameters(), split.encoder_q.parameters()):
+        assert torch.allclose(k, 0.9 * b + 0.1 * q, atol=1e-6)
