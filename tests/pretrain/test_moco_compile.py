@@ -8,6 +8,7 @@ import logging
 
 import pytest
 import torch
+import torch.nn as nn
 from detectron2.utils.events import EventStorage
 from torch._dynamo.utils import counters
 
@@ -15,8 +16,30 @@ import pretrain.builder as builder
 from pretrain.builder import MoCo, compile_encoders
 from pretrain.config import get_pretrain_cfg
 from pretrain.engine import LoopContext, train_one_epoch
-from tests.pretrain.test_moco_builder import ToyEncoder
-from tests.pretrain.test_moco_progress import BATCH, StallingLoader
+
+BATCH = 4
+
+
+class ToyEncoder(nn.Module):
+    """conv-BN-ReLU-pool-fc: the smallest module with the ResNet ``fc`` interface and BN."""
+
+    def __init__(self, num_classes=128, width=8):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def _loader(n=4):
+    """(views, skipped) batches like the PIL-path loader."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(n):
+        views = [torch.randn(BATCH, 3, 8, 8, generator=g) for _ in range(2)]
+        yield views, torch.zeros(BATCH, dtype=torch.long)
 
 
 def _moco():
@@ -90,7 +113,7 @@ def test_compile_start_up_is_logged(eager_backend):
     log.setLevel(logging.INFO)
     try:
         with EventStorage(0) as storage:
-            train_one_epoch(model, StallingLoader(slow=()), opt, None, 0, cfg, ctx)
+            train_one_epoch(model, _loader(), opt, None, 0, cfg, ctx)
             assert storage.histories()["compile_startup_s"].latest() > 0
     finally:
         log.removeHandler(handler)
