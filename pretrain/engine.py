@@ -27,8 +27,9 @@ _WARN_EVERY_S = 600.0  # repeat the data-wait warning at most this often
 class SpeedWindow:
     """Wall-clock totals of the training loop since the last metric write.
 
-    Each iteration adds its wall time (from the end of the previous iteration, or from the
-    start of the epoch's loop, to the end of its optimizer step: data wait, step and writers),
+    Each iteration adds its wall time (from the end of the previous optimizer step, or from the
+    start of the epoch's loop, to the end of its own: bookkeeping and metric writes of the
+    previous iteration, data wait and step),
     its images (global batch) and its data wait (time blocked in the loader). The first
     iteration of each epoch also includes loader start-up, so its wait is kept apart as
     ``startup_wait`` for the warning. Time between epochs (checkpoints, kNN) is not counted.
@@ -168,7 +169,10 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg, ctx: Loop
     world = comm.get_world_size()
     on_cuda = ctx.device.type == "cuda"
     cuda_graphs = ctx.compile_mode == "reduce-overhead" and on_cuda
-    end = time.perf_counter()  # the loader's start-up counts as the first batch's wait
+    # `end`: when this process started waiting for the next batch; `mark`: the end of the
+    # previous step, so an iteration's wall time also covers the previous one's bookkeeping
+    # and metric writes. The loader's start-up counts as the first batch's wait.
+    end = mark = time.perf_counter()
     for i, (batch, skipped) in enumerate(loader):
         if i >= ctx.iters_per_epoch:
             break
@@ -201,8 +205,9 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg, ctx: Loop
                 [loss.detach().float(), acc1, out["emb_std"].float(), out["neg_cos"].float()]
             ).tolist()
         step_end = time.perf_counter()
-        ctx.speed.add(step_end - end, im_q.shape[0] * world, data_time, epoch_start=i == 0)
+        ctx.speed.add(step_end - mark, im_q.shape[0] * world, data_time, epoch_start=i == 0)
         _log_startup(ctx, storage, step_end - end - data_time)
+        mark = step_end
 
         n_skipped = int(skipped.sum())
         if n_skipped:
