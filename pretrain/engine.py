@@ -206,7 +206,6 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg, ctx: Loop
             ).tolist()
         step_end = time.perf_counter()
         ctx.speed.add(step_end - mark, im_q.shape[0] * world, data_time, epoch_start=i == 0)
-        _log_startup(ctx, storage, step_end - end - data_time)
         mark = step_end
 
         n_skipped = int(skipped.sum())
@@ -214,6 +213,7 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg, ctx: Loop
             ctx.skipped_images += n_skipped
             logger.warning("%d unreadable image(s) skipped so far", ctx.skipped_images)
         storage.iter = ctx.iteration
+        _log_startup(ctx, storage, step_end - end - data_time)
         storage.put_scalars(
             loss=values[0],
             contrastive_acc1=values[1],
