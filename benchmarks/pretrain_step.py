@@ -2,8 +2,13 @@
 
 Prints a table and writes JSON. Rows:
 
-- ``step/fp32-reference``: plain fp32 MoCo step (contiguous tensors, no autocast);
-- ``step/optimized``: the step as training runs it (on CUDA: channels_last + autocast);
+- ``step/fp32-reference``: plain fp32 MoCo step (contiguous tensors, no autocast, eager, the
+  per-parameter SGD loop);
+- ``step/optimized``: the step as training runs it (on CUDA: channels_last + autocast + fused
+  SGD; foreach SGD on CPU; ``--compile MODE`` compiles both encoders as SOLVER.COMPILE does).
+  Both rows use the product's split BN with ``--key-bn-splits`` sub-batches (MODEL.KEY_BN_SPLITS)
+  and its foreach momentum update. ``first_steps_s`` is the time of the warm-up steps (with
+  ``--compile``: compilation; use ``--warmup 3`` or more for reduce-overhead's graph capture);
 - ``data/pil``: per-image PIL decode + two aug+ views, one process (= one loader worker);
 - ``data/batched``: PIL decode to a uint8 square + batched tensor aug+ of two views on the device;
 - ``data/gpu-decode`` (CUDA only): JPEG bytes decoded on the GPU (torchvision.io.decode_jpeg)
@@ -13,7 +18,9 @@ Examples::
 
     python benchmarks/pretrain_step.py --device cpu --arch resnet50 --width-per-group 16 \
         --size 64 --batch 32 --iters 5 --out benchmarks/results/pretrain_step_cpu.json
-    python benchmarks/pretrain_step.py --device cuda --size 224 --batch 256 --amp bf16
+    python benchmarks/pretrain_step.py --device cuda --size 224 --batch 256 --amp bf16 \
+        --key-bn-splits 8 --compile default
+    python benchmarks/pretrain_step.py --device cuda --batch 32 --compile reduce-overhead
 """
 
 import argparse
@@ -32,8 +39,15 @@ from PIL import Image
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from pretrain.augment import BatchedMocoAug, TwoCropsTransform, moco_transform  # noqa: E402
-from pretrain.builder import MoCo, build_encoder_factory  # noqa: E402
+from pretrain.builder import (  # noqa: E402
+    COMPILE_MODES,
+    MoCo,
+    build_encoder_factory,
+    compile_encoders,
+)
+from pretrain.config import get_pretrain_cfg  # noqa: E402
 from pretrain.data import LoadAsUint8  # noqa: E402
+from pretrain.train_net import build_optimizer  # noqa: E402
 
 
 def _sync(device):
@@ -51,27 +65,49 @@ def bench_step(args, device, optimized: bool) -> dict:
     """Images/s and peak memory of MoCo steps (forward, backward, SGD) on random images."""
     torch.manual_seed(0)
     kwargs = {"width_per_group": args.width_per_group} if args.width_per_group else {}
-    model = MoCo(build_encoder_factory(args.arch, **kwargs), K=args.K, m=0.999, T=0.2, mlp=True)
+    model = MoCo(
+        build_encoder_factory(args.arch, **kwargs),
+        K=args.K,
+        m=0.999,
+        T=0.2,
+        mlp=True,
+        key_bn_splits=args.key_bn_splits,
+    )
     model = model.to(device)
     channels_last = optimized and device.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    compile_mode = args.compile if optimized else ""
+    compile_encoders(model, compile_mode)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp) if optimized else None
     if device.type == "cpu" and not args.cpu_amp:
         amp = None  # CPU autocast is slower than fp32 for these convs; opt in with --cpu-amp
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.03, momentum=0.9)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimized:  # as training builds it: fused on CUDA, foreach on CPU
+        cfg = get_pretrain_cfg()
+        cfg.SOLVER.MOMENTUM, cfg.SOLVER.WEIGHT_DECAY = 0.9, 0.0
+        opt = build_optimizer(cfg, params)
+    else:
+        opt = torch.optim.SGD(params, lr=0.03, momentum=0.9, foreach=False)
+    for group in opt.param_groups:
+        group["lr"] = 0.03
     scaler = torch.amp.GradScaler("cuda") if amp == torch.float16 else None
     x = torch.randn(2, args.batch, 3, args.size, args.size, device=device)
+    views = [x[0], x[1]]  # two NxCxHxW batches; channels_last applies to 4-D tensors only
     if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+        views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+    del x
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    cuda_graphs = compile_mode == "reduce-overhead" and device.type == "cuda"
     times = []
-    for i in range(args.warmup + args.iters):
+    for _ in range(args.warmup + args.iters):
         _sync(device)
         t = time.perf_counter()
+        if cuda_graphs:  # as the training loop does at each step
+            torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            loss = model(x[0], x[1])["loss"]
+            loss = model(views[0], views[1])["loss"]
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -81,15 +117,17 @@ def bench_step(args, device, optimized: bool) -> dict:
             loss.backward()
             opt.step()
         _sync(device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t)
-    sec = float(np.median(times))
+        times.append(time.perf_counter() - t)
+    sec = float(np.median(times[args.warmup :]))
     return {
         "images_per_s": args.batch / sec,
         "sec_per_step": sec,
+        "first_steps_s": [round(t, 3) for t in times[: args.warmup]],
         "peak_mem_mib": _peak_mem_mib(device),
         "amp": str(amp).replace("torch.", "") if amp else "fp32",
         "channels_last": channels_last,
+        "compile": compile_mode,
+        "key_bn_splits": args.key_bn_splits,
     }
 
 
@@ -162,6 +200,15 @@ def main(argv=None) -> dict:
     p.add_argument("--K", type=int, default=65536, help="queue length")
     p.add_argument("--amp", default="bf16", choices=["bf16", "fp16", "none"], help="CUDA autocast")
     p.add_argument("--cpu-amp", action="store_true", help="also autocast the optimized CPU step")
+    p.add_argument(
+        "--compile",
+        default="",
+        choices=list(COMPILE_MODES),
+        help="SOLVER.COMPILE mode for the optimized row ('' = eager)",
+    )
+    p.add_argument(
+        "--key-bn-splits", type=int, default=1, help="MODEL.KEY_BN_SPLITS (8 = one GPU at 256)"
+    )
     p.add_argument("--iters", type=int, default=10, help="timed steps (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     p.add_argument("--data-images", type=int, default=256, help="JPEGs for the data rows")
@@ -185,7 +232,12 @@ def main(argv=None) -> dict:
     print(f"{'row':24s} {'images/s':>10s} {'peak MiB':>10s}  notes")
     for name, r in rows.items():
         mem = f"{r['peak_mem_mib']:10.0f}" if "peak_mem_mib" in r else " " * 10
-        notes = f"{r['amp']}, channels_last={r['channels_last']}" if "amp" in r else ""
+        notes = ""
+        if "amp" in r:
+            notes = (
+                f"{r['amp']}, channels_last={r['channels_last']}, "
+                f"compile={r['compile'] or 'off'}, splits={r['key_bn_splits']}"
+            )
         print(f"{name:24s} {r['images_per_s']:10.1f} {mem}  {notes}")
     result = {
         "device": str(device),

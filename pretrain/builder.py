@@ -6,13 +6,14 @@ update, shuffle, unshuffle, enqueue) is one method. Differences, on purpose:
 - no hard ``.cuda()`` and no DDP-only assumption: collectives are identity at world size 1;
 - a global batch that does not divide K wraps around the queue;
 - split BN for one process: the key batch is shuffled and its BN statistics are computed over
-  ``key_bn_splits`` sub-batches, so single-GPU/CPU runs get shuffle BN's protection;
+  ``key_bn_splits`` sub-batches in one forward pass (:class:`SplitBatchNorm2d`), so
+  single-GPU/CPU runs get shuffle BN's protection;
 - optional BN in the MLP head and a symmetric loss (both directions), for short runs;
 - ``forward`` returns the loss and two collapse indicators, not just the logits.
 """
 
 import functools
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 import torch.nn as nn
@@ -48,6 +49,147 @@ def _mlp_head(fc: nn.Linear, hidden: int, head_bn: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class _SplitBatchNormMixin:
+    """Training-mode BN whose statistics come from ``num_splits`` interleaved sub-batches.
+
+    Sample n of the batch belongs to sub-batch ``n % num_splits``; the caller permutes the
+    batch randomly first, so the sub-batches are random. Each sub-batch is normalised with its
+    own mean and (biased) variance, as if the batch had been run in ``num_splits`` chunks, but in
+    one pass: a contiguous NxC[xHxW] input is viewed as (N/s) x (s*C) [xHxW] and normalised by
+    one ``F.batch_norm`` call (s copies of the channels); any other layout (channels_last) gets
+    the same per-sub-batch statistics from one ``var_mean`` over a free view (N split into
+    (N/s) x s) and one ``addcmul``.
+
+    Running statistics get ONE exponential-average update per forward, with the average over
+    the sub-batches of their means and unbiased variances:
+    ``running <- (1 - momentum) * running + momentum * mean_b(stat_b)``, and
+    ``num_batches_tracked`` grows by one. (Running the sub-batches one after another instead
+    applies the average s times in sequence, weighting later sub-batches more.) Evaluation mode
+    and ``num_splits == 1`` are plain BatchNorm. Parameters and buffers are those of the
+    BatchNorm class, so state-dict keys and shapes are unchanged.
+    """
+
+    num_splits: int
+
+    def _factor(self) -> float:
+        # as nn.BatchNorm: momentum None means a cumulative moving average
+        if self.momentum is None:
+            return 1.0 / float(self.num_batches_tracked)
+        return self.momentum
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.num_splits
+        if not self.training or s == 1 or not self.track_running_stats:
+            return super().forward(x)
+        self._check_input_dim(x)
+        n, c = x.shape[:2]
+        if n % s:
+            raise ValueError(
+                f"batch {n} is not divisible by MODEL.KEY_BN_SPLITS={s}; change either"
+            )
+        self.num_batches_tracked.add_(1)
+        factor = self._factor()
+        if x.is_contiguous():
+            weight = self.weight.repeat(s) if self.affine else None
+            bias = self.bias.repeat(s) if self.affine else None
+            # (N/s) x (s*C): channel j*C + c holds channel c of samples j, j+s, j+2s, ...
+            grouped = x.view(n // s, s * c, *x.shape[2:])
+            mean = self.running_mean.repeat(s)
+            var = self.running_var.repeat(s)
+            out = F.batch_norm(grouped, mean, var, weight, bias, True, factor, self.eps)
+            with torch.no_grad():
+                self.running_mean.copy_(mean.view(s, c).mean(0))
+                self.running_var.copy_(var.view(s, c).mean(0))
+            return out.view(x.shape)
+        # channels_last (or any strided layout): split N only, which is a view in every layout
+        per_channel = (1, 1, c) + (1,) * (x.dim() - 2)  # broadcasts over (N/s) x s x C x ...
+        xs = x.view(n // s, s, *x.shape[1:])
+        dims = [0] + list(range(3, xs.dim()))
+        # reductions accumulate in fp32 even for bf16 input; only the s x C results are rounded
+        var_b, mean_b = torch.var_mean(xs, dim=dims, correction=0, keepdim=True)
+        var_b, mean_b = var_b.float(), mean_b.float()
+        rstd = torch.rsqrt(var_b + self.eps)
+        scale = rstd * self.weight.float().view(per_channel) if self.affine else rstd
+        shift = -mean_b * scale
+        if self.affine:
+            shift = shift + self.bias.float().view(per_channel)
+        out = torch.addcmul(shift.to(x.dtype), xs, scale.to(x.dtype)).view(x.shape)
+        with torch.no_grad():
+            count = xs.numel() // (s * c)
+            unbiased = var_b.view(s, c) * (count / max(count - 1, 1))
+            self.running_mean.mul_(1 - factor).add_(mean_b.view(s, c).mean(0), alpha=factor)
+            self.running_var.mul_(1 - factor).add_(unbiased.mean(0), alpha=factor)
+        return out
+
+
+class SplitBatchNorm1d(_SplitBatchNormMixin, nn.BatchNorm1d):
+    """BatchNorm1d with split statistics in training mode (see :class:`_SplitBatchNormMixin`)."""
+
+    def __init__(self, num_features: int, num_splits: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.num_splits = num_splits
+
+
+class SplitBatchNorm2d(_SplitBatchNormMixin, nn.BatchNorm2d):
+    """BatchNorm2d with split statistics in training mode (see :class:`_SplitBatchNormMixin`)."""
+
+    def __init__(self, num_features: int, num_splits: int, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.num_splits = num_splits
+
+
+def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:
+    """Replace every BatchNorm1d/2d inside ``module`` by its split version, in place.
+
+    The new layers take over the old parameter and buffer tensors, so state-dict keys, values
+    and the order of ``module.parameters()`` are unchanged. Returns ``module``.
+    """
+    for name, child in module.named_children():
+        if isinstance(child, (nn.BatchNorm1d, nn.BatchNorm2d)) and not isinstance(
+            child, _SplitBatchNormMixin
+        ):
+            cls = SplitBatchNorm2d if isinstance(child, nn.BatchNorm2d) else SplitBatchNorm1d
+            new = cls(
+                child.num_features,
+                num_splits,
+                eps=child.eps,
+                momentum=child.momentum,
+                affine=child.affine,
+                track_running_stats=child.track_running_stats,
+            )
+            new._parameters = child._parameters  # the same tensors, in the same order
+            new._buffers = child._buffers
+            new.train(child.training)
+            setattr(module, name, new)
+        else:
+            convert_split_bn(child, num_splits)
+    return module
+
+
+# torch.compile backend for :func:`compile_encoders`; tests swap in "eager" (no C++ toolchain
+# work) to exercise the same code path cheaply.
+COMPILE_BACKEND = "inductor"
+COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
+
+
+def compile_encoders(model: "MoCo", mode: str) -> None:
+    """Compile the query and key encoders of ``model`` in place with ``torch.compile``.
+
+    ``mode``: SOLVER.COMPILE, one of :data:`COMPILE_MODES` ("" = leave eager). Only the encoder
+    modules are compiled (``nn.Module.compile``), not the MoCo forward with its queue writes,
+    and no wrapper module is inserted, so state-dict keys stay free of ``_orig_mod.``.
+    """
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"SOLVER.COMPILE={mode!r}; use one of {COMPILE_MODES}")
+    if not mode:
+        return
+    kwargs = {"backend": COMPILE_BACKEND}
+    if COMPILE_BACKEND == "inductor":
+        kwargs["mode"] = mode
+    model.encoder_q.compile(**kwargs)
+    model.encoder_k.compile(**kwargs)
+
+
 class MoCo(nn.Module):
     """MoCo with a query encoder, a momentum key encoder and a queue of K negative keys.
 
@@ -65,7 +207,9 @@ class MoCo(nn.Module):
             the embedding spread out early in short runs).
         shuffle_bn: shuffle the key batch across processes (no effect in one process).
         key_bn_splits: number of sub-batches over which the key encoder's BN statistics are
-            computed in each process (1 = whole per-process batch). >1 gives split BN.
+            computed in each process (1 = whole per-process batch). >1 gives split BN: every
+            BN layer of the key encoder (head included) becomes a :class:`SplitBatchNorm2d` /
+            :class:`SplitBatchNorm1d` and the key batch is randomly permuted before it.
         symmetric: add the loss with the roles of the two views swapped (2x compute).
     """
 
@@ -104,15 +248,23 @@ class MoCo(nn.Module):
         for param_q, param_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
             param_k.data.copy_(param_q.data)
             param_k.requires_grad = False  # updated by momentum, never by gradient
+        if key_bn_splits > 1:
+            convert_split_bn(self.encoder_k, key_bn_splits)
+        # fixed lists for the foreach momentum update (the Parameter objects survive .to())
+        self._params_q: List[nn.Parameter] = list(self.encoder_q.parameters())
+        self._params_k: List[nn.Parameter] = list(self.encoder_k.parameters())
 
         self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))  # CxK
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
 
     @torch.no_grad()
     def _momentum_update_key_encoder(self) -> None:
-        """k <- m*k + (1-m)*q over parameters only; BN buffers of the key encoder are its own."""
-        for param_q, param_k in zip(self.encoder_q.parameters(), self.encoder_k.parameters()):
-            param_k.data.mul_(self.m).add_(param_q.data, alpha=1.0 - self.m)
+        """k <- m*k + (1-m)*q over parameters only; BN buffers of the key encoder are its own.
+
+        Two multi-tensor (foreach) kernels over all parameters instead of two per parameter.
+        """
+        torch._foreach_mul_(self._params_k, self.m)
+        torch._foreach_add_(self._params_k, self._params_q, alpha=1.0 - self.m)
 
     @torch.no_grad()
     def _dequeue_and_enqueue(self, keys: torch.Tensor) -> None:
@@ -148,30 +300,22 @@ class MoCo(nn.Module):
         return x_gather[idx_this]
 
     @torch.no_grad()
-    def _split_bn_forward(self, encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """Run ``encoder`` on a random permutation of x (NxCxHxW) in ``key_bn_splits`` chunks.
-
-        Each chunk's BN statistics come from N/splits random samples, so the positive pair of a
-        query (computed with statistics of the whole batch) cannot be found through them.
-        Returns NxC in the original order.
-        """
-        splits = self.key_bn_splits
-        if x.shape[0] % splits:
-            raise ValueError(
-                f"per-process batch {x.shape[0]} is not divisible by MODEL.KEY_BN_SPLITS={splits}"
-            )
-        perm = torch.randperm(x.shape[0], device=x.device)
-        out = torch.cat([encoder(chunk) for chunk in x[perm].chunk(splits)], dim=0)
-        return out[torch.argsort(perm)]
-
-    @torch.no_grad()
     def _keys(self, im_k: torch.Tensor) -> torch.Tensor:
         """Keys for a batch of key views: NxCxHxW -> NxC, L2-normalised, with shuffle BN."""
         across = self.shuffle_bn and comm.get_world_size() > 1
         if across:
             im_k, idx_unshuffle = self._batch_shuffle_ddp(im_k)
-        if self.key_bn_splits > 1:
-            k = self._split_bn_forward(self.encoder_k, im_k)
+        splits = self.key_bn_splits
+        if splits > 1:
+            # random sub-batches: the split BN layers group samples n, n+s, n+2s, ... of this
+            # permuted batch, so a key's statistics never come from a fixed set of neighbours
+            if im_k.shape[0] % splits:
+                raise ValueError(
+                    f"per-process batch {im_k.shape[0]} is not divisible by "
+                    f"MODEL.KEY_BN_SPLITS={splits}"
+                )
+            perm = torch.randperm(im_k.shape[0], device=im_k.device)
+            k = self.encoder_k(im_k[perm])[torch.argsort(perm)]
         else:
             k = self.encoder_k(im_k)
         k = F.normalize(k.float(), dim=1)  # NxC

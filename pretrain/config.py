@@ -88,6 +88,11 @@ _C.SOLVER.WARMUP_ITERS = 0  # linear warm-up length in iterations (added to WARM
 # Mixed precision on CUDA: "bf16", "fp16" (with a grad scaler) or "" (fp32). Ignored on CPU.
 _C.SOLVER.AMP = "bf16"
 _C.SOLVER.CHANNELS_LAST = True  # channels_last memory format on CUDA (faster convs)
+# torch.compile of the query and key encoders: "" (eager), "default", "reduce-overhead" (also
+# CUDA graphs: removes per-kernel launch overhead, for small per-GPU batches such as 32) or
+# "max-autotune" (longest start-up). The first steps compile (minutes; logged). CUDA only in
+# practice: on CPU, inductor needs a C++ compiler and rarely pays off for short runs.
+_C.SOLVER.COMPILE = ""
 # Stop after this many iterations per epoch (0 = full epoch); for smoke runs and benchmarks.
 _C.SOLVER.MAX_ITERS_PER_EPOCH = 0
 

@@ -1,4 +1,9 @@
-"""The MoCo training loop for one epoch (setup lives in ``train_net.py``, as in MAE)."""
+"""The MoCo training loop for one epoch (setup lives in ``train_net.py``, as in MAE).
+
+Speed is reported from wall-clock totals over each logging window (the iterations between two
+metric writes), not from per-iteration medians: a loader that stalls every few iterations shows
+up in the images/s, the ETA and the data-wait share. See docs/pretrain_speed.md.
+"""
 
 import logging
 import math
@@ -15,6 +20,55 @@ from .schedule import learning_rate
 
 logger = logging.getLogger(__name__)
 
+# warn when waiting for data takes more than this share of a window's wall clock
+DATA_WAIT_WARN = 0.10
+_WARN_EVERY_S = 600.0  # repeat the data-wait warning at most this often
+
+
+class SpeedWindow:
+    """Wall-clock totals of the training loop since the last metric write.
+
+    Each iteration adds its wall time (from the end of the previous optimizer step, or from the
+    start of the epoch's loop, to the end of its own: bookkeeping and metric writes of the
+    previous iteration, data wait and step),
+    its images (global batch) and its data wait (time blocked in the loader). The first
+    iteration of each epoch also includes loader start-up, so its wait is kept apart as
+    ``startup_wait`` for the warning. Time between epochs (checkpoints, kNN) is not counted.
+    """
+
+    def __init__(self):
+        self.last_warning = -float("inf")
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new window."""
+        self.iters, self.images = 0, 0
+        self.seconds = self.data_wait = self.startup_wait = 0.0
+
+    def add(self, seconds: float, images: int, data_wait: float, epoch_start: bool) -> None:
+        """Account one iteration."""
+        self.iters += 1
+        self.images += images
+        self.seconds += seconds
+        self.data_wait += data_wait
+        if epoch_start:
+            self.startup_wait += data_wait
+
+    def summary(self) -> dict:
+        """Window scalars: images_per_s, time and data_time (s per iteration), data_wait_pct."""
+        sec = max(self.seconds, 1e-9)
+        return {
+            "images_per_s": self.images / sec,
+            "time": sec / max(self.iters, 1),
+            "data_time": self.data_wait / max(self.iters, 1),
+            "data_wait_pct": 100.0 * self.data_wait / sec,
+        }
+
+    def steady_wait_share(self) -> float:
+        """Data-wait share of the window without each epoch's first batch (loader start-up)."""
+        sec = self.seconds - self.startup_wait
+        return (self.data_wait - self.startup_wait) / sec if sec > 0 else 0.0
+
 
 @dataclass
 class LoopContext:
@@ -23,7 +77,9 @@ class LoopContext:
     ``iteration`` is the global iteration counter (updated in place); ``batched_aug`` turns
     uint8 batches (a BatchedMocoAug, INPUT.PIPELINE "batched") or encoded batches (a
     DeviceInput, "device") into views on the device (None for "pil"); ``amp_dtype`` is
-    the autocast dtype (None = fp32); ``writers`` run every LOG_PERIOD iterations.
+    the autocast dtype (None = fp32); ``writers`` run every LOG_PERIOD iterations;
+    ``compile_mode`` is SOLVER.COMPILE ("" = eager); ``speed`` holds the current logging
+    window's wall-clock totals.
     """
 
     device: torch.device
@@ -39,6 +95,9 @@ class LoopContext:
     loss_limit: float = math.inf
     last_good: str = ""
     skipped_files: set = field(default_factory=set)  # paths of distinct unreadable files
+    compile_mode: str = ""
+    speed: SpeedWindow = field(default_factory=SpeedWindow)
+    startup_steps: List[float] = field(default_factory=list)
 
 
 def _views(batch, ctx: LoopContext):
@@ -96,23 +155,70 @@ def _check_finite(loss: torch.Tensor, epoch: int, ctx: LoopContext, lr: float) -
     )
 
 
+def _close_window(storage, ctx: LoopContext, cfg) -> None:
+    """Put the window's speed scalars (un-smoothed) and warn if the loader is the bottleneck."""
+    win = ctx.speed
+    if win.iters == 0:
+        return
+    storage.put_scalars(**win.summary(), smoothing_hint=False)
+    share = win.steady_wait_share()
+    now = time.perf_counter()
+    if share > DATA_WAIT_WARN and now - win.last_warning > _WARN_EVERY_S:
+        win.last_warning = now
+        logger.warning(
+            "Waiting for data took %.0f%% of the last %d iterations (not counting the first "
+            "batch of an epoch, which includes loader start-up): the step is starved. Raise "
+            "DATA.NUM_WORKERS (now %d), or decode and augment on the GPU with INPUT.PIPELINE "
+            "device (or INPUT.PIPELINE batched).",
+            100 * share,
+            win.iters,
+            cfg.DATA.NUM_WORKERS,
+        )
+    win.reset()
+
+
+def _log_startup(ctx: LoopContext, storage, seconds: float) -> None:
+    """With SOLVER.COMPILE, log how long the first (compiling) steps of this process took."""
+    if not ctx.compile_mode or len(ctx.startup_steps) >= 3:
+        return
+    ctx.startup_steps.append(seconds)
+    if len(ctx.startup_steps) == 3:
+        total = sum(ctx.startup_steps)
+        logger.info(
+            "SOLVER.COMPILE %s: the first 3 steps took %s s (%.1f s in all: compilation%s)",
+            ctx.compile_mode,
+            ", ".join(f"{t:.2f}" for t in ctx.startup_steps),
+            total,
+            " and CUDA graph capture" if ctx.compile_mode == "reduce-overhead" else "",
+        )
+        storage.put_scalar("compile_startup_s", total, smoothing_hint=False)
+
+
 def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg, ctx: LoopContext) -> None:
     """Train ``model`` (MoCo, possibly DDP-wrapped) for one pass over ``loader``.
 
     Sets the lr of every iteration from the schedule, steps ``optimizer`` (through ``scaler``
     when not None), records metrics into the current ``EventStorage`` and advances
-    ``ctx.iteration``. Stops early after SOLVER.MAX_ITERS_PER_EPOCH iterations if set. Writers
-    run every LOG_PERIOD iterations except on the epoch's last one, which the caller writes.
+    ``ctx.iteration``. Stops early after SOLVER.MAX_ITERS_PER_EPOCH iterations if set. Every
+    LOG_PERIOD iterations and at the epoch's end the logging window's wall-clock speed is put
+    into the storage; writers then run, except on the epoch's last iteration, which the caller
+    writes.
     """
     storage = get_event_storage()
     model.train()
     world = comm.get_world_size()
     on_cuda = ctx.device.type == "cuda"
-    end = time.perf_counter()
+    cuda_graphs = ctx.compile_mode == "reduce-overhead" and on_cuda
+    # `end`: when this process started waiting for the next batch; `mark`: the end of the
+    # previous step, so an iteration's wall time also covers the previous one's bookkeeping
+    # and metric writes. The loader's start-up counts as the first batch's wait.
+    end = mark = time.perf_counter()
     for i, (batch, skipped) in enumerate(loader):
         if i >= ctx.iters_per_epoch:
             break
         data_time = time.perf_counter() - end
+        if cuda_graphs:  # a new training step: CUDA-graph outputs of the last one may be reused
+            torch.compiler.cudagraph_mark_step_begin()
         lr = learning_rate(ctx.iteration, ctx.iters_per_epoch, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -131,23 +237,27 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg, ctx: Loop
         else:
             loss.backward()
             optimizer.step()
-        if on_cuda:
-            torch.cuda.synchronize(ctx.device)  # honest step times
-        step_time = time.perf_counter() - end
+        # one device->host copy for all per-iteration scalars; it also waits for the step, so
+        # the wall time below is the step's, not just its launch
+        with torch.no_grad():
+            acc1 = (out["logits"].argmax(dim=1) == 0).float().mean() * 100
+            values = torch.stack(
+                [loss.detach().float(), acc1, out["emb_std"].float(), out["neg_cos"].float()]
+            ).tolist()
+        step_end = time.perf_counter()
+        ctx.speed.add(step_end - mark, im_q.shape[0] * world, data_time, epoch_start=i == 0)
+        mark = step_end
 
         if skipped[:, 1].any():  # (first, count) per sample: name distinct files, not events
             paths = loader.dataset.paths
             _note_skipped([paths[i] for i in skipped_indices(skipped, len(paths))], ctx)
         storage.iter = ctx.iteration
-        acc1 = (out["logits"].argmax(dim=1) == 0).float().mean().item() * 100
+        _log_startup(ctx, storage, step_end - end - data_time)
         storage.put_scalars(
-            loss=loss.item(),
-            contrastive_acc1=acc1,
-            emb_std=out["emb_std"].item(),
-            neg_cos=out["neg_cos"].item(),
-            time=step_time,
-            data_time=data_time,
-            images_per_s=im_q.shape[0] * world / step_time,
+            loss=values[0],
+            contrastive_acc1=values[1],
+            emb_std=values[2],
+            neg_cos=values[3],
             skipped_images=ctx.skipped_images,
             epoch=epoch,
         )
@@ -155,19 +265,24 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg, ctx: Loop
         if on_cuda:
             storage.put_scalar("gpu_mem_gb", torch.cuda.max_memory_allocated(ctx.device) / 2**30)
         ctx.iteration += 1
-        # the epoch's last iteration is written by the caller, after its end-of-epoch metrics
-        if ctx.iteration % cfg.LOG_PERIOD == 0 and i < ctx.iters_per_epoch - 1:
-            for w in ctx.writers:
-                w.write()
+        last = i == ctx.iters_per_epoch - 1
+        if ctx.iteration % cfg.LOG_PERIOD == 0 or last:
+            _close_window(storage, ctx, cfg)
+            # the epoch's last iteration is written by the caller, after end-of-epoch metrics
+            if not last:
+                for w in ctx.writers:
+                    w.write()
         end = time.perf_counter()
 
 
 class ProgressPrinter(EventWriter):
     """Log one progress line: epoch, iteration, ETA, loss, acc@1, collapse indicators, speed.
 
-    Like detectron2's CommonMetricPrinter (medians over the last ``window`` iterations), plus
-    the MoCo-specific numbers: contrastive acc@1 of the (K+1)-way task, ``emb_std`` (->0 on
-    collapse) and ``neg_cos`` (->1 on collapse).
+    Loss, acc@1, ``emb_std`` (->0 on collapse) and ``neg_cos`` (->1 on collapse) are medians
+    over the last ``window`` iterations, like detectron2's CommonMetricPrinter. The speed
+    numbers are wall-clock totals of the last logging window (see :class:`SpeedWindow`):
+    images/s, seconds per iteration, seconds of data wait per iteration and its share of the
+    wall clock; the ETA is the remaining iterations at that window's rate.
     """
 
     def __init__(self, max_iter: int, window: int = 20):
@@ -177,14 +292,17 @@ class ProgressPrinter(EventWriter):
         storage = get_event_storage()
         it = storage.iter
         hist = storage.histories()
-        if "loss" not in hist:
+        if "loss" not in hist or "images_per_s" not in hist:
             return
-        med = {k: hist[k].median(self.window) for k in hist if k != "knn_top1"}
-        eta = int(med["time"] * (self.max_iter - it - 1))
-        mem = f"  mem {med['gpu_mem_gb']:.1f}G" if "gpu_mem_gb" in med else ""
+        med = {k: hist[k].median(self.window) for k in ("loss", "contrastive_acc1")}
+        med.update({k: hist[k].median(self.window) for k in ("emb_std", "neg_cos")})
+        speed = {k: hist[k].latest() for k in ("images_per_s", "time", "data_time")}
+        wait_pct = hist["data_wait_pct"].latest()
+        eta = int(speed["time"] * max(self.max_iter - it - 1, 0))
+        mem = f"  mem {hist['gpu_mem_gb'].latest():.1f}G" if "gpu_mem_gb" in hist else ""
         logger.info(
             "epoch %d  iter %d/%d  eta %d:%02d:%02d  loss %.3f  acc1 %.1f  emb_std %.4f  "
-            "neg_cos %.3f  lr %.4g  %.1f img/s  time %.3f  data %.3f%s",
+            "neg_cos %.3f  lr %.4g  %.1f img/s  time %.3f  data %.3f (%.0f%% waiting)%s",
             int(hist["epoch"].latest()),
             it + 1,
             self.max_iter,
@@ -196,8 +314,9 @@ class ProgressPrinter(EventWriter):
             med["emb_std"],
             med["neg_cos"],
             hist["lr"].latest(),
-            med["images_per_s"],
-            med["time"],
-            med["data_time"],
+            speed["images_per_s"],
+            speed["time"],
+            speed["data_time"],
+            wait_pct,
             mem,
         )

@@ -24,7 +24,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
 
 from .augment import BatchedMocoAug
-from .builder import build_moco
+from .builder import build_moco, compile_encoders
 from .checkpoint import (
     LAST,
     checkpoint_name,
@@ -185,6 +185,7 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
     model = build_moco(cfg).to(device)
     if device.type == "cuda" and cfg.SOLVER.CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
+    compile_encoders(model, cfg.SOLVER.COMPILE)  # lazy: compiles on the first step
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(cfg, params)
     amp_dtype = _amp_dtype(cfg, device)
@@ -213,6 +214,7 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
         channels_last=device.type == "cuda" and cfg.SOLVER.CHANNELS_LAST,
         loss_limit=loss_limit(cfg.MODEL.K, cfg.MODEL.T, cfg.MODEL.SYMMETRIC),
         last_good=path or "",
+        compile_mode=cfg.SOLVER.COMPILE,
     )
     if cfg.INPUT.PIPELINE in ("batched", "device"):
         ctx.batched_aug = BatchedMocoAug(
@@ -279,11 +281,18 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
 
 
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:
-    """SGD with momentum (the paper), or AdamW for tiny CPU runs; lr is set by the schedule."""
+    """SGD with momentum (the paper), or AdamW for tiny CPU runs; lr is set by the schedule.
+
+    On CUDA the fused implementation (one kernel for all parameters), elsewhere the foreach
+    (multi-tensor) one; both give the update of the per-parameter loop up to rounding.
+    """
+    params = list(params)
+    on_cuda = bool(params) and all(p.is_cuda for p in params)
+    impl = {"fused": True} if on_cuda else {"foreach": True}
     if cfg.SOLVER.OPTIMIZER == "AdamW":
-        return torch.optim.AdamW(params, lr=0.0, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
+        return torch.optim.AdamW(params, lr=0.0, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **impl)
     return torch.optim.SGD(
-        params, lr=0.0, momentum=cfg.SOLVER.MOMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+        params, lr=0.0, momentum=cfg.SOLVER.MOMENTUM, weight_decay=cfg.SOLVER.WEIGHT_DECAY, **impl
     )
 
 

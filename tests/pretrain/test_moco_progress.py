@@ -1,0 +1,137 @@
+"""The progress line's speed is wall clock over the logging window, data stalls included."""
+
+import logging
+import re
+import time
+
+import torch
+import torch.nn as nn
+from detectron2.utils.events import EventStorage
+
+from pretrain.builder import MoCo
+from pretrain.config import get_pretrain_cfg
+from pretrain.engine import LoopContext, ProgressPrinter, _close_window, train_one_epoch
+
+BATCH, ITERS, STALL = 4, 8, 0.25
+
+
+class ToyEncoder(nn.Module):
+    """conv-BN-ReLU-pool-fc: the smallest module with the ResNet ``fc`` interface and BN."""
+
+    def __init__(self, num_classes=128, width=8):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.fc = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.conv(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+class StallingLoader:
+    """Yields (views, skipped) like the PIL-path loader; sleeps before the batches in ``slow``."""
+
+    def __init__(self, slow):
+        self.slow = set(slow)
+
+    def __len__(self):
+        return ITERS
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(0)
+        for i in range(ITERS):
+            if i in self.slow:
+                time.sleep(STALL)
+            views = [torch.randn(BATCH, 3, 8, 8, generator=g) for _ in range(2)]
+            yield views, torch.zeros(BATCH, dtype=torch.long)
+
+
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+
+def _run(slow):
+    """Train one epoch of 8 iterations (LOG_PERIOD 4); return (log records, wall images/s, hist)."""
+    cfg = get_pretrain_cfg()
+    cfg.LOG_PERIOD = 4
+    cfg.DATA.NUM_WORKERS = 3
+    torch.manual_seed(0)
+    model = MoCo(ToyEncoder, dim=16, K=32, m=0.9, T=0.2)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    ctx = LoopContext(device=torch.device("cpu"), iters_per_epoch=ITERS)
+    ctx.writers = [ProgressPrinter(ITERS * 3)]
+    log = logging.getLogger("pretrain.engine")
+    capture = _Capture()
+    log.addHandler(capture)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        with EventStorage(0) as storage:
+            start = time.perf_counter()
+            train_one_epoch(model, StallingLoader(slow), opt, None, 0, cfg, ctx)
+            wall = time.perf_counter() - start
+            for w in ctx.writers:  # the caller writes the epoch's last iteration
+                w.write()
+            hist = storage.histories()
+    finally:
+        log.removeHandler(capture)
+        log.setLevel(level)
+    return capture.records, BATCH * ITERS / wall, hist
+
+
+def test_printed_speed_is_wall_clock_and_stalls_warn():
+    records, wall_rate, hist = _run(slow={1, 3, 5, 7})  # every other batch stalls
+    lines = [r.getMessage() for r in records if "img/s" in r.getMessage()]
+    assert len(lines) == 2, lines  # one per window of 4 iterations
+    for line in lines:
+        printed = float(re.search(r"([\d.]+) img/s", line).group(1))
+        assert abs(printed - wall_rate) < 0.2 * wall_rate, (printed, wall_rate, line)
+        pct = float(re.search(r"\((\d+)% waiting\)", line).group(1))
+        assert pct > 50, line  # 2 stalls of 0.25 s in a window of a few ms of compute
+    # the windows' seconds add up to the wall clock of the epoch
+    printed_s = sum(4 * float(re.search(r"time ([\d.]+)", line).group(1)) for line in lines)
+    assert abs(printed_s - BATCH * ITERS / wall_rate) < 0.05 * printed_s + 0.01
+    # ETA at the window rate: 16 iterations left after the first window
+    eta = re.search(r"eta (\d+):(\d\d):(\d\d)", lines[0]).groups()
+    eta_s = int(eta[0]) * 3600 + int(eta[1]) * 60 + int(eta[2])
+    assert abs(eta_s - 16 * BATCH / wall_rate) <= 1.5, (eta_s, lines[0])
+    warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings  # once, not on every window
+    assert "DATA.NUM_WORKERS (now 3)" in warnings[0] and "INPUT.PIPELINE device" in warnings[0]
+    # metrics.json / TensorBoard get the same window values, one per window
+    assert len(hist["images_per_s"].values()) == 2
+    assert hist["data_wait_pct"].latest() > 50
+    assert len(hist["loss"].values()) == ITERS  # per-iteration scalars are kept
+
+
+def test_first_batch_wait_alone_does_not_warn():
+    # integration: loader start-up only, counted in the first window's honest numbers
+    records, _, hist = _run(slow={0})
+    first = float(re.search(r"\((\d+)% waiting\)", records[0].getMessage()).group(1))
+    assert first > 30
+    # the warning's rule, deterministically: an epoch's first batch is left out of the share
+    cfg = get_pretrain_cfg()
+    ctx = LoopContext(device=torch.device("cpu"), iters_per_epoch=ITERS)
+    log = logging.getLogger("pretrain.engine")
+    capture = _Capture()
+    log.addHandler(capture)
+    try:
+        with EventStorage(0) as storage:
+            ctx.speed.add(2.0, BATCH, 1.9, epoch_start=True)  # 1.9 s of worker start-up
+            for _ in range(3):
+                ctx.speed.add(0.1, BATCH, 0.005, epoch_start=False)
+            _close_window(storage, ctx, cfg)
+            assert storage.histories()["data_wait_pct"].latest() > 80  # honest share
+            assert not capture.records
+            for _ in range(4):  # a steady 20% wait warns
+                ctx.speed.add(0.1, BATCH, 0.02, epoch_start=False)
+            _close_window(storage, ctx, cfg)
+            assert len(capture.records) == 1 and "20%" in capture.records[0].getMessage()
+    finally:
+        log.removeHandler(capture)
