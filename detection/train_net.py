@@ -27,7 +27,8 @@ from iopath.common.file_io import g_pathmgr
 
 import detection  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 from detection.config import add_moco_detection_config, resolve_single_process
-from detection.datasets import register_from_config
+from detection.datasets import check_datasets, register_from_config
+from detection.launchers import watch_runner
 
 FINAL_METRICS = "final_metrics.json"
 logger = logging.getLogger("detection.train_net")  # not __name__: "__main__" under -m
@@ -80,6 +81,7 @@ class Trainer(DefaultTrainer):
 def setup(args):
     """Build the frozen config from ``args`` (config file + KEY VALUE overrides), adjust it to
     the number of processes, register the data sets it names and set up logging/seeding."""
+    watch_runner()  # die with the trial runner, if one started this process
     cfg = get_cfg()
     add_moco_detection_config(cfg)
     cfg.merge_from_file(args.config_file)
@@ -93,6 +95,7 @@ def setup(args):
     if cfg.MODEL.DEVICE == "cpu" and cfg.TRANSFER.CPU_THREADS > 0:
         torch.set_num_threads(cfg.TRANSFER.CPU_THREADS)
     register_from_config(cfg)
+    check_datasets(cfg)  # every VOC split of DATASETS.TRAIN/TEST, before iteration 0
     return cfg
 
 
