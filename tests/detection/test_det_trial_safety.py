@@ -119,7 +119,10 @@ def test_trials_die_with_a_killed_runner_and_a_rerun_waits_for_them(tmp_path, mo
             run_trials(_one_trial(out), OneShotLauncher(), lambda t: [t["output_dir"]], [None])
         runner.send_signal(signal.SIGKILL)
         runner.wait(timeout=30)
-        assert _all_dead([trial_pid, worker_pid]) == []
+        survivors = _all_dead([trial_pid, worker_pid])
+        for pid in survivors:  # leave nothing behind when the test fails
+            os.kill(pid, signal.SIGKILL)
+        assert survivors == []
     finally:
         if runner.poll() is None:
             runner.kill()
