@@ -7,9 +7,9 @@ Each trial is ``python -m detection.train_net --resume ... OUTPUT_DIR <out>/tria
 SEED <s> TRANSFER.TRIAL <i>`` in its own process (own process group), so trials are isolated
 and a stopped runner can simply be started again with the same arguments. Trials die with the
 runner, also when it is killed with SIGKILL (see ``detection.launchers.LocalLauncher``). Each
-trial folder is locked (``trial.lock``, see :class:`TrialLock`) while a runner works on it, so a
-second runner on the same trials refuses to start (exit status 2) instead of running duplicates.
-On a rerun:
+trial is locked (``trial_<i>_seed_<s>.lock``, see :class:`TrialLock`) while a runner works on
+it, so a second runner on the same trials refuses to start (exit status 2) instead of running
+duplicates. On a rerun:
 
 - a trial with ``final_metrics.json`` is finished and skipped; a damaged one is reported (exit
   status 2, nothing started) rather than silently re-evaluated;
@@ -124,13 +124,16 @@ def read_progress(output_dir):
         return None
 
 
-LOCK_NAME = "trial.lock"
+LOCK_SUFFIX = ".lock"  # <out>/trial_<i>_seed_<s>.lock, next to the trial folder
 STALE_LOCK_S = 600.0  # a lock from another host whose heartbeat is older than this is stale
 HEARTBEAT_S = 30.0  # how often a runner refreshes the mtime of the locks it holds
 
 
 class TrialLock:
-    """Per-trial lock file ``<output_dir>/trial.lock`` so two runners never run one trial.
+    """Per-trial lock file ``<output_dir>.lock`` so two runners never run one trial.
+
+    It sits next to the trial folder, not in it, so locking does not create the folders of
+    trials that have not started.
 
     The file holds the owner's ``{"pid", "host", "started", "argv"}`` and is locked with
     ``fcntl.flock``, which the kernel releases when every process holding it is gone: the
@@ -142,8 +145,8 @@ class TrialLock:
     """
 
     def __init__(self, output_dir):
-        """Args: output_dir (str): the trial folder (created if missing)."""
-        self.path = os.path.join(output_dir, LOCK_NAME)
+        """Args: output_dir (str): the trial folder (its parent is created if missing)."""
+        self.path = os.path.normpath(output_dir) + LOCK_SUFFIX
         self.fd = None
 
     def _owner(self, fd):

@@ -115,7 +115,9 @@ def test_trials_die_with_a_killed_runner_and_a_rerun_waits_for_them(tmp_path, mo
         _wait_for(pids_file, runner)
         trial_pid, worker_pid = map(int, open(pids_file).read().split())
         # A second runner while the first one runs: refused, naming the lock and the owner.
-        with pytest.raises(TrialLockError, match=rf"trial\.lock is held: runner pid {runner.pid}"):
+        with pytest.raises(
+            TrialLockError, match=rf"trial_0_seed_0\.lock is held: runner pid {runner.pid}"
+        ):
             run_trials(_one_trial(out), OneShotLauncher(), lambda t: [t["output_dir"]], [None])
         runner.send_signal(signal.SIGKILL)
         runner.wait(timeout=30)
@@ -134,7 +136,7 @@ def test_trials_die_with_a_killed_runner_and_a_rerun_waits_for_them(tmp_path, mo
         _one_trial(out), launcher, lambda t: [t["output_dir"]], [None], lock_wait_s=10
     )
     assert trials[0]["status"] == "finished" and len(launcher.started) == 1
-    assert not os.path.exists(os.path.join(trials[0]["output_dir"], "trial.lock"))
+    assert not os.path.exists(trials[0]["output_dir"] + ".lock")
 
 
 def test_lock_rules(tmp_path):
