@@ -110,7 +110,7 @@ def _parse(xml_path, index, for_evaluation):
             value = None
         size[key] = value
     record = {"filename": _text(root, "filename"), **size, "objects": []}
-    for i, obj in enumerate(root.iter("object")):
+    for i, obj in enumerate(root.findall("object")):  # direct children, as detectron2
         found, obj_problems, note = _object(obj, index, for_evaluation, **size)
         if found is not None:
             record["objects"].append(found)
