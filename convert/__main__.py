@@ -6,17 +6,27 @@ Example::
     python -m convert moco_v2_800ep_pretrain.pth.tar r50_moco.pkl          # reference release
     python -m convert resnet50-0676ba61.pth r50_supervised.pkl             # torchvision
     python -m convert simclr.pth r50.pkl --prefix module.encoder.          # other layouts
+    python -m convert last.pth r50_moco.pkl --overwrite                    # replace r50_moco.pkl
+
+The output is written to a temporary file in its folder, fsynced and renamed into place, so a
+kill leaves the old output or the new one, never a partial file. The input is never written.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from detectron2.utils.logger import setup_logger
 
-from .converter import convert_checkpoint, save_detectron2_pkl, save_torchvision_pth
+from .converter import (
+    OutputExistsError,
+    convert_checkpoint,
+    save_detectron2_pkl,
+    save_torchvision_pth,
+)
 from .formats import FORMATS, CheckpointFormatError, load_checkpoint_file
 from .structure import ResNetStructureError
 
@@ -51,7 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
         "when the checkpoint was not written by MoCo or torchvision (the error lists the "
         "prefixes it saw)",
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output file (it is replaced atomically: a kill during the "
+        "write leaves the old file, never half a file)",
+    )
     return p
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name the same file (also through links)."""
+    if os.path.abspath(a) == os.path.abspath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (or is not local): cannot be the same file
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,15 +86,25 @@ def main(argv: list[str] | None = None) -> int:
     setup_logger(name="convert", abbrev_name="convert")
     if not args.output.endswith((".pkl", ".pth", ".pt")):
         sys.exit(f"error: {args.output}: output must end in .pkl (detectron2) or .pth/.pt")
+    if _same_file(args.input, args.output):
+        sys.exit(
+            f"error: output {args.output} is the input {args.input}; converting in place would "
+            "destroy the checkpoint. Choose another output file."
+        )
+    if not args.overwrite and os.path.lexists(args.output):
+        sys.exit(f"error: {args.output} exists; pass --overwrite to replace it")
     try:
         obj = load_checkpoint_file(args.input)
         result = convert_checkpoint(obj, fmt=args.format, prefix=args.prefix, where=args.input)
     except (CheckpointFormatError, ResNetStructureError) as e:
         sys.exit(f"error: {e}")
-    if args.output.endswith(".pkl"):
-        save_detectron2_pkl(result.model, args.output)
-    else:
-        save_torchvision_pth(result.extracted.backbone, args.output)
+    try:
+        if args.output.endswith(".pkl"):
+            save_detectron2_pkl(result.model, args.output, overwrite=args.overwrite)
+        else:
+            save_torchvision_pth(result.extracted.backbone, args.output, overwrite=args.overwrite)
+    except OutputExistsError as e:
+        sys.exit(f"error: {e}")
     logger.info("%s -> %s\n%s", args.input, args.output, result.report())
     return 0
 

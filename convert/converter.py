@@ -6,8 +6,9 @@ import logging
 import os
 import pickle
 import re
+import tempfile
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, BinaryIO, Callable, Mapping
 
 import numpy as np
 import torch
@@ -19,6 +20,8 @@ from .structure import ResNetShape, check_resnet50
 __all__ = [
     "AUTHOR",
     "ConversionResult",
+    "OutputExistsError",
+    "atomic_write",
     "convert_checkpoint",
     "rename_to_detectron2",
     "save_detectron2_pkl",
@@ -116,27 +119,92 @@ def convert_checkpoint(
     return ConversionResult(model=to_detectron2(ext.backbone), extracted=ext, shape=shape)
 
 
-def save_detectron2_pkl(model: Mapping[str, np.ndarray], path: str) -> None:
+class OutputExistsError(FileExistsError):
+    """The output file exists and overwriting was not asked for."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str, write: Callable[[BinaryIO], None], overwrite: bool = True) -> None:
+    """Write a file so that a kill at any moment leaves either the old file or the new one.
+
+    ``write(f)`` fills a temporary file in the destination folder (same file system, so the
+    final rename is atomic); it is flushed and fsynced, then renamed over ``path`` with
+    ``os.replace`` (``overwrite=True``) or hard-linked to ``path``, which fails if ``path``
+    exists (``overwrite=False``; raises :class:`OutputExistsError`). The temporary file is
+    removed on any error. Non-local iopath URIs are written through ``PathManager`` directly
+    (no atomicity there).
+    """
+    if "://" in path:
+        if not overwrite and PathManager.exists(path):
+            raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+        with PathManager.open(path, "wb") as f:
+            write(f)
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    if not overwrite and os.path.lexists(path):
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # atomic "create only if absent"
+            except FileExistsError:
+                raise OutputExistsError(
+                    f"{path} appeared while writing; pass --overwrite to replace it"
+                ) from None
+            except OSError:  # file systems without hard links: checked above, rename now
+                os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+    try:  # make the rename itself durable (POSIX; not possible on every platform)
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+def save_detectron2_pkl(model: Mapping[str, np.ndarray], path: str, overwrite: bool = True) -> None:
     """Write ``{"model", "__author__", "matching_heuristics": True}`` for DetectionCheckpointer.
 
     ``matching_heuristics`` lets the checkpointer match ``res5.*`` to ``roi_heads.res5.*``
     (C4 keeps res5 in the ROI head) and ``stem.*`` / ``res2-4.*`` to ``backbone.*``.
+    Written atomically (:func:`atomic_write`); ``overwrite=False`` refuses an existing file.
     """
     if not model:
         raise ValueError(f"refusing to write an empty model to {path}")
-    PathManager.mkdirs(os.path.dirname(path) or ".")
-    with PathManager.open(path, "wb") as f:
-        pickle.dump({"model": dict(model), "__author__": AUTHOR, "matching_heuristics": True}, f)
+    obj = {"model": dict(model), "__author__": AUTHOR, "matching_heuristics": True}
+    atomic_write(path, lambda f: pickle.dump(obj, f), overwrite)
 
 
-def save_torchvision_pth(backbone: Mapping[str, torch.Tensor], path: str) -> None:
+def save_torchvision_pth(
+    backbone: Mapping[str, torch.Tensor], path: str, overwrite: bool = True
+) -> None:
     """Write the torchvision-named query backbone (no fc) with ``torch.save``.
 
     Loads with ``torchvision.models.resnet50().load_state_dict(sd, strict=False)`` (only
-    ``fc.*`` missing), for frameworks other than detectron2.
+    ``fc.*`` missing), for frameworks other than detectron2. Written atomically
+    (:func:`atomic_write`); ``overwrite=False`` refuses an existing file.
     """
     if not backbone:
         raise ValueError(f"refusing to write an empty model to {path}")
-    PathManager.mkdirs(os.path.dirname(path) or ".")
-    with PathManager.open(path, "wb") as f:
-        torch.save({k: v.detach().cpu().clone() for k, v in backbone.items()}, f)
+    sd = {k: v.detach().cpu().clone() for k, v in backbone.items()}
+    atomic_write(path, lambda f: torch.save(sd, f), overwrite)

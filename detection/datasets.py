@@ -1,16 +1,29 @@
 """Registration of PASCAL VOC and of VOC-format sets with their own class names.
 
 detectron2 registers ``voc_2007_trainval``, ``voc_2012_trainval`` and ``voc_2007_test`` under
-``$DETECTRON2_DATASETS`` as soon as ``detectron2.data`` is imported. The functions here reuse
-an existing registration when it already points where asked, and replace it (with a log line)
-when it does not, so calling them twice, or after detectron2, is safe.
+``$DETECTRON2_DATASETS`` as soon as ``detectron2.data`` is imported. The functions here keep
+an existing registration's metadata when it already points where asked, and replace it (with a
+log line) when it does not, so calling them twice, or after detectron2, is safe. Either way the
+loader becomes :class:`CheckedVOCLoader`: the strict checker of :mod:`detection.voc_check`,
+which returns the same dataset dicts as detectron2's ``load_voc_instances`` for valid data and
+names every bad file otherwise. :func:`check_datasets` runs it over every VOC-format set a
+config trains or tests on, before training starts.
 """
 
 import logging
 import os
+import time
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.datasets.pascal_voc import CLASS_NAMES, load_voc_instances
+from detectron2.data.datasets.pascal_voc import CLASS_NAMES
+
+from detection.voc_check import (
+    BORDER_TOLERANCE_PX,
+    VOCAnnotationError,
+    format_problems,
+    load_checked_voc_instances,
+    scan_voc_split,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +41,37 @@ def default_voc_root():
     return os.path.expanduser(os.getenv("DETECTRON2_DATASETS", "datasets"))
 
 
+class CheckedVOCLoader:
+    """The ``DatasetCatalog`` loader of a VOC-format split: checked, and parsed only once.
+
+    Calling it returns detectron2 dataset dicts (:func:`load_checked_voc_instances`). After
+    :meth:`scan`, the next call returns the scanned dicts instead of reading the files again,
+    so checking before training costs no second parse.
+    """
+
+    def __init__(self, dirname, split, classes):
+        """Args: dirname (str): the ``VOC<year>`` folder; split (str); classes (list)."""
+        self.dirname, self.split, self.classes = dirname, split, tuple(classes)
+        self._scanned = None
+
+    def scan(self, for_evaluation=False, workers=None):
+        """Check the split; returns the :class:`detection.voc_check.SplitScan`. Without
+        problems, its dicts are what the next call returns."""
+        scan = scan_voc_split(self.dirname, self.split, self.classes, for_evaluation, True, workers)
+        self._scanned = None if scan.problems else scan.dicts
+        return scan
+
+    def __call__(self):
+        """Return the split's dataset dicts; raises VOCAnnotationError naming bad files."""
+        if self._scanned is not None:
+            dicts, self._scanned = self._scanned, None
+            return dicts
+        return load_checked_voc_instances(self.dirname, self.split, self.classes)
+
+    def __repr__(self):
+        return f"CheckedVOCLoader({self.dirname!r}, {self.split!r}, {len(self.classes)} classes)"
+
+
 def _register_split(name, dirname, year, split, classes):
     """Register one VOC-format split, reusing or replacing an existing entry. Returns name."""
     classes = list(classes)
@@ -36,14 +80,15 @@ def _register_split(name, dirname, year, split, classes):
         meta = MetadataCatalog.get(name)
         current = {key: getattr(meta, key, None) for key in wanted}
         if current == wanted:
-            return name  # already registered (e.g. by detectron2's builtin) with these values
+            if not isinstance(DatasetCatalog[name], CheckedVOCLoader):
+                # e.g. detectron2's builtin: same data, but its loader checks nothing
+                DatasetCatalog.remove(name)
+                DatasetCatalog.register(name, CheckedVOCLoader(dirname, split, classes))
+            return name
         logger.info("Re-registering data set %s: %s -> %s", name, current, wanted)
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
-    # Default arguments bind the values now, not when the lambda runs.
-    DatasetCatalog.register(
-        name, lambda d=dirname, s=split, c=tuple(classes): load_voc_instances(d, s, c)
-    )
+    DatasetCatalog.register(name, CheckedVOCLoader(dirname, split, classes))
     MetadataCatalog.get(name).set(**wanted, evaluator_type="pascal_voc")
     return name
 
@@ -113,3 +158,70 @@ def register_from_config(cfg):
         prefix, root = cfg.TRANSFER.VOC_LIKE_PREFIX, cfg.TRANSFER.VOC_LIKE_ROOT
         names += register_voc_like(prefix, root, classes)
     return names
+
+
+def check_datasets(cfg, workers=None):
+    """Check every VOC-format data set of ``DATASETS.TRAIN`` and ``DATASETS.TEST`` up front.
+
+    Called by ``detection.train_net`` before the model is built (training and ``--eval-only``),
+    so a bad annotation or a missing image stops the run before iteration 0, not hours later
+    in the data loader or in the final evaluation. Sets whose ``evaluator_type`` is
+    ``"pascal_voc"`` are scanned (test sets with the evaluator's stricter needs); a VOC set
+    registered with another loader (e.g. detectron2's ``register_pascal_voc``) gets the checked
+    loader first. Others are left to their own loaders.
+
+    Args:
+        cfg (CfgNode): the config.
+        workers (int or None): threads for the scan (see :func:`scan_voc_split`).
+
+    Returns:
+        dict: data set name -> number of images, for the sets that were checked.
+
+    Raises:
+        VOCAnnotationError: every problem of every set (the first ``MAX_REPORTED`` listed, with
+            the total), each naming its file; also an unregistered set name.
+    """
+    train, test = list(cfg.DATASETS.TRAIN), list(cfg.DATASETS.TEST)
+    problems, counts, start = [], {}, time.time()
+    for name in dict.fromkeys(train + test):
+        key = "DATASETS.TEST" if name in test else "DATASETS.TRAIN"
+        if name not in DatasetCatalog.list():
+            problems.append(
+                f"data set {name!r} in {key} is not registered; set TRANSFER.VOC_ROOT or "
+                "TRANSFER.VOC_LIKE_ROOT, or register it before training"
+            )
+            continue
+        meta = MetadataCatalog.get(name)
+        if meta.get("evaluator_type", None) != "pascal_voc":
+            logger.info("Data set %s is not VOC-format: left to its own loader", name)
+            continue
+        loader = DatasetCatalog[name]
+        if not isinstance(loader, CheckedVOCLoader):
+            missing = [k for k in ("dirname", "split", "thing_classes") if not meta.get(k, None)]
+            if missing:
+                problems.append(f"data set {name!r} ({key}): VOC metadata lacks {missing}")
+                continue
+            loader = CheckedVOCLoader(meta.dirname, meta.split, meta.thing_classes)
+            DatasetCatalog.remove(name)
+            DatasetCatalog.register(name, loader)
+        scan = loader.scan(for_evaluation=name in test, workers=workers)
+        problems += scan.problems
+        if scan.clipped:
+            logger.warning(
+                "%s: %d box(es) overhanging the image by <= %d px clipped to it, e.g. %s",
+                name,
+                len(scan.clipped),
+                BORDER_TOLERANCE_PX,
+                scan.clipped[0],
+            )
+        counts[name] = len(scan.dicts)
+    if problems:
+        raise VOCAnnotationError(format_problems(problems, f"the data sets {train + test}"))
+    if counts:
+        logger.info(
+            "Checked %d images of %s in %.1fs: no problems",
+            sum(counts.values()),
+            list(counts),
+            time.time() - start,
+        )
+    return counts

@@ -5,28 +5,151 @@ running, else an exit status, 0 for success) and ``stop(handle)``, so the trial 
 ``detection.trials`` does not care where trials run.
 """
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import signal
 import subprocess
+import sys
+import threading
+import time
 
 logger = logging.getLogger(__name__)
+
+# Set by LocalLauncher in a trial's environment: the pid of the runner the trial must die with.
+RUNNER_PID_ENV = "MOCO_TRIALS_RUNNER_PID"
+_PR_SET_PDEATHSIG = 1
+
+
+def set_parent_death_signal(sig=signal.SIGKILL):
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux
+    ``prctl(PR_SET_PDEATHSIG)``). Returns True where supported, False elsewhere (no-op).
+
+    The signal fires when the parent *thread* that started this process ends, so the parent
+    must start children from a thread that lives as long as it does (the runner's main thread).
+    Safe to call in a ``preexec_fn`` (no allocation beyond ctypes' cached library).
+    """
+    prctl = _prctl()
+    return prctl is not None and prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+
+
+_PRCTL = []
+
+
+def _prctl():
+    """libc's ``prctl`` (Linux) or None; loaded once, in the parent, so a ``preexec_fn`` never
+    has to ``dlopen`` between fork and exec."""
+    if not _PRCTL:
+        fn = None
+        if sys.platform.startswith("linux"):
+            try:
+                fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").prctl
+            except (OSError, AttributeError):
+                fn = None
+        _PRCTL.append(fn)
+    return _PRCTL[0]
+
+
+def pid_alive(pid):
+    """Whether process ``pid`` exists and is not a zombie (a killed process its parent has not
+    reaped yet is already dead for our purposes)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): os.kill is all we know
+
+
+def _end_trial(reason):
+    logger.error("%s: stopping this trial", reason)
+    # The trial runs in its own session (LocalLauncher); its process group is then exactly the
+    # trial's processes (detectron2's workers included), so take them all down together.
+    if os.getpgrp() == os.getsid(0):
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _watch(runner, parent, poll_interval):
+    while True:
+        time.sleep(poll_interval)
+        if os.getppid() != parent:
+            _end_trial(f"parent process {parent} is gone")
+        if not pid_alive(runner):
+            _end_trial(f"trial runner (pid {runner}) is gone")
+
+
+def watch_runner(poll_interval=1.0):
+    """Make this process die with the trial runner that started it (no-op outside a runner).
+
+    Called early in every process of a trial (``detection.train_net``'s setup). When
+    ``$MOCO_TRIALS_RUNNER_PID`` is set: on Linux the kernel kills this process when its parent
+    dies (``PR_SET_PDEATHSIG``); everywhere, a daemon thread checks every ``poll_interval``
+    seconds that the parent and the runner are still alive and otherwise kills the trial's
+    process group. Returns True when watching, False when not started by a runner.
+    """
+    value = os.environ.get(RUNNER_PID_ENV)
+    if not value:
+        return False
+    runner, parent = int(value), os.getppid()
+    set_parent_death_signal(signal.SIGKILL)
+    if not pid_alive(runner):  # the runner died before the kernel could be told
+        _end_trial(f"trial runner (pid {runner}) is gone")
+    thread = threading.Thread(
+        target=_watch, args=(runner, parent, poll_interval), name="runner-watchdog", daemon=True
+    )
+    thread.start()
+    return True
+
+
+def _die_with_parent(parent):
+    """``preexec_fn`` of a trial: SIGKILL when the runner dies, also if it already did."""
+    _prctl()  # resolve now, in the parent
+
+    def preexec():
+        set_parent_death_signal(signal.SIGKILL)
+        if os.getppid() != parent:  # the runner died between fork and prctl
+            os._exit(1)
+
+    return preexec
 
 
 class LocalLauncher:
     """Run each trial as a subprocess of this machine, in its own session (process group), so
-    stopping a trial also stops the workers detectron2's ``launch`` spawned for it."""
+    stopping a trial also stops the workers detectron2's ``launch`` spawned for it.
+
+    A trial dies with the runner, also when the runner is killed with SIGKILL: its main process
+    gets ``PR_SET_PDEATHSIG`` (Linux) and ``$MOCO_TRIALS_RUNNER_PID``, from which
+    :func:`watch_runner` (called by every trial process) arms the same for detectron2's workers
+    and a polling fallback for platforms without PDEATHSIG.
+    """
+
+    inherits_fds = True  # start() accepts pass_fds (the trial's lock stays held by the trial)
 
     def __init__(self, stop_timeout=30.0):
         """Args: stop_timeout (float): seconds between SIGTERM and SIGKILL in :meth:`stop`."""
         self.stop_timeout = stop_timeout
 
-    def start(self, cmd, env, log_path):
-        """Start ``cmd`` (list of str) with environment ``env``; stdout and stderr are appended
-        to ``log_path``. Returns the ``subprocess.Popen``."""
+    def start(self, cmd, env, log_path, pass_fds=()):
+        """Start ``cmd`` (list of str) with environment ``env`` (None: this one); stdout and
+        stderr are appended to ``log_path``; ``pass_fds`` stay open in the child. Returns the
+        ``subprocess.Popen``."""
+        env = dict(os.environ if env is None else env, **{RUNNER_PID_ENV: str(os.getpid())})
         with open(log_path, "a") as log:
             return subprocess.Popen(
-                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                cmd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                pass_fds=tuple(pass_fds),
+                preexec_fn=_die_with_parent(os.getpid()),
             )
 
     def poll(self, proc):

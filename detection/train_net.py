@@ -32,7 +32,8 @@ from detection.config import (
     resolve_single_process,
     validate_speed_options,
 )
-from detection.datasets import register_from_config
+from detection.datasets import check_datasets, register_from_config
+from detection.launchers import watch_runner
 
 FINAL_METRICS = "final_metrics.json"
 logger = logging.getLogger("detection.train_net")  # not __name__: "__main__" under -m
@@ -172,6 +173,7 @@ class Trainer(DefaultTrainer):
 def setup(args):
     """Build the frozen config from ``args`` (config file + KEY VALUE overrides), adjust it to
     the number of processes, register the data sets it names and set up logging/seeding."""
+    watch_runner()  # die with the trial runner, if one started this process
     cfg = get_cfg()
     add_moco_detection_config(cfg)
     cfg.merge_from_file(args.config_file)
@@ -185,6 +187,7 @@ def setup(args):
     if cfg.MODEL.DEVICE == "cpu" and cfg.TRANSFER.CPU_THREADS > 0:
         torch.set_num_threads(cfg.TRANSFER.CPU_THREADS)
     register_from_config(cfg)
+    check_datasets(cfg)  # every VOC split of DATASETS.TRAIN/TEST, before iteration 0
     return cfg
 
 

@@ -5,9 +5,14 @@ r"""Run several seeded fine-tunes of one detection config and summarise them.
 
 Each trial is ``python -m detection.train_net --resume ... OUTPUT_DIR <out>/trial_<i>_seed_<s>
 SEED <s> TRANSFER.TRIAL <i>`` in its own process (own process group), so trials are isolated
-and a stopped runner can simply be started again with the same arguments:
+and a stopped runner can simply be started again with the same arguments. Trials die with the
+runner, also when it is killed with SIGKILL (see ``detection.launchers.LocalLauncher``). Each
+trial is locked (``trial_<i>_seed_<s>.lock``, see :class:`TrialLock`) while a runner works on
+it, so a second runner on the same trials refuses to start (exit status 2) instead of running
+duplicates. On a rerun:
 
-- a trial with ``final_metrics.json`` is finished and skipped;
+- a trial with ``final_metrics.json`` is finished and skipped; a damaged one is reported (exit
+  status 2, nothing started) rather than silently re-evaluated;
 - a trial with a ``last_checkpoint`` resumes from it (detectron2's ``--resume``);
 - a trial that fails is reported with the end of its log and retried once (``--retries``),
   resuming from its last checkpoint; if it fails again it is listed as failed in the summary
@@ -28,12 +33,14 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
 
 from detectron2.utils.logger import setup_logger
 
+from detection.launchers import pid_alive
 from detection.summary import METRICS, REFERENCES, aggregate, format_markdown, write_summary
 
 logger = logging.getLogger("detection.trials")
@@ -52,16 +59,46 @@ def trial_dir(out_dir, index, seed):
     return os.path.join(out_dir, f"trial_{index}_seed_{seed}")
 
 
+class CorruptMetricsError(ValueError):
+    """``final_metrics.json`` exists but cannot be read; the message names it and the fix."""
+
+
+class TrialLockError(RuntimeError):
+    """A trial folder is locked by another live runner; the message names the lock and owner."""
+
+
 def read_final_metrics(output_dir):
     """Return {"AP50", "AP", "AP75"} from ``<output_dir>/final_metrics.json``, or None when the
-    file is missing or holds no bbox results (an unfinished or failed trial)."""
+    file is missing (an unfinished trial).
+
+    Raises :class:`CorruptMetricsError` when the file exists but is not valid JSON or lacks
+    ``results.bbox.{AP50,AP,AP75}``: train_net writes it atomically, so such a file was damaged
+    or edited later, and silently re-running the trial would hide that.
+    """
     path = os.path.join(output_dir, "final_metrics.json")
     try:
         with open(path) as f:
-            bbox = json.load(f)["results"]["bbox"]
-        return {m: float(bbox[m]) for m in METRICS}
-    except (OSError, ValueError, KeyError, TypeError):
+            text = f.read()
+    except FileNotFoundError:
         return None
+    except OSError as e:
+        raise CorruptMetricsError(f"{path}: cannot be read ({e})") from None
+    fix = (
+        "Restore it, or delete it to have the runner redo this trial's final evaluation "
+        "(it resumes from last_checkpoint, so a finished trial only re-evaluates)."
+    )
+    try:
+        record = json.loads(text)
+    except ValueError as e:
+        raise CorruptMetricsError(f"{path}: not valid JSON ({e}). {fix}") from None
+    try:
+        bbox = record["results"]["bbox"]
+        return {m: float(bbox[m]) for m in METRICS}
+    except (KeyError, TypeError, ValueError) as e:
+        raise CorruptMetricsError(
+            f"{path}: no numeric results.bbox.{{AP50,AP,AP75}} ({type(e).__name__}: {e}); was "
+            f"the trial run without DATASETS.TEST? {fix}"
+        ) from None
 
 
 def last_checkpoint(output_dir):
@@ -85,6 +122,158 @@ def read_progress(output_dir):
         return int(record["iteration"]), record.get("eta_seconds")
     except (OSError, ValueError, KeyError, IndexError):
         return None
+
+
+LOCK_SUFFIX = ".lock"  # <out>/trial_<i>_seed_<s>.lock, next to the trial folder
+STALE_LOCK_S = 600.0  # a lock from another host whose heartbeat is older than this is stale
+HEARTBEAT_S = 30.0  # how often a runner refreshes the mtime of the locks it holds
+
+
+class TrialLock:
+    """Per-trial lock file ``<output_dir>.lock`` so two runners never run one trial.
+
+    It sits next to the trial folder, not in it, so locking does not create the folders of
+    trials that have not started.
+
+    The file holds the owner's ``{"pid", "host", "started", "argv"}`` and is locked with
+    ``fcntl.flock``, which the kernel releases when every process holding it is gone: the
+    runner, and the trial it passes the descriptor to (so a trial that outlived its runner
+    still holds it). Rules, see :meth:`acquire`: held by a live process -> refused; written on
+    this host but no longer held -> stale, taken over; written on another host (where flock may
+    not reach, e.g. NFS without locking) -> refused while its mtime, refreshed every
+    ``HEARTBEAT_S`` by the owner, is younger than ``stale_after`` seconds, unless forced.
+    """
+
+    def __init__(self, output_dir):
+        """Args: output_dir (str): the trial folder (its parent is created if missing)."""
+        self.path = os.path.normpath(output_dir) + LOCK_SUFFIX
+        self.fd = None
+
+    def _owner(self, fd):
+        try:
+            os.lseek(fd, 0, os.SEEK_SET)
+            return json.loads(os.read(fd, 65536).decode() or "null")
+        except (OSError, ValueError):
+            return None
+
+    def acquire(self, force=False, stale_after=STALE_LOCK_S, wait_s=0.0):
+        """Take the lock or raise :class:`TrialLockError` naming the lock and its live owner.
+
+        Args:
+            force (bool): take over a lock written on another host even if it looks live.
+            stale_after (float): seconds without heartbeat after which another host's lock is
+                stale.
+            wait_s (float): how long to wait for a held lock before refusing.
+
+        Returns:
+            dict or None: the previous owner's record when a stale lock was taken over.
+        """
+        import fcntl
+
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        host, deadline = socket.gethostname(), time.time() + wait_s
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.time() < deadline:
+                    os.close(fd)
+                    time.sleep(0.1)
+                    continue
+                owner = self._owner(fd) or {}
+                os.close(fd)
+                pid, where = owner.get("pid"), owner.get("host", "?")
+                alive = where != host or (isinstance(pid, int) and pid_alive(pid))
+                raise TrialLockError(
+                    f"{self.path} is held: runner pid {pid} on {where}, started "
+                    f"{owner.get('started', '?')}"
+                    + (
+                        ". Wait for it to finish or stop it (kill " + str(pid) + ")"
+                        if alive
+                        else "; that runner is gone but a trial it started still holds the "
+                        "lock (find it with: fuser " + self.path + ")"
+                    )
+                ) from None
+            try:  # a releasing owner unlinks the file: make sure we locked the current one
+                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)
+        owner = self._owner(fd)
+        if owner:
+            age = time.time() - os.fstat(fd).st_mtime
+            if owner.get("host") != host and age < stale_after and not force:
+                os.close(fd)
+                raise TrialLockError(
+                    f"{self.path} belongs to runner pid {owner.get('pid')} on host "
+                    f"{owner.get('host')} (heartbeat {age:.0f}s ago); this host cannot see "
+                    f"whether it is alive. If it is gone, pass --force-unlock, or wait until "
+                    f"the lock is older than {stale_after:.0f}s."
+                )
+            logger.warning(
+                "%s: taking over the stale lock of runner pid %s on %s (started %s)",
+                self.path,
+                owner.get("pid"),
+                owner.get("host"),
+                owner.get("started"),
+            )
+        record = {
+            "pid": os.getpid(),
+            "host": host,
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+            "argv": sys.argv,
+        }
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, json.dumps(record).encode())
+        os.fsync(fd)
+        self.fd = fd
+        return owner
+
+    def heartbeat(self):
+        """Refresh the lock's mtime (what other hosts judge staleness by)."""
+        if self.fd is not None:
+            os.utime(self.fd if os.utime in os.supports_fd else self.path)
+
+    def release(self):
+        """Remove the lock file (if it is still ours) and drop the lock."""
+        if self.fd is None:
+            return
+        try:
+            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def lock_trials(trials, force=False, stale_after=STALE_LOCK_S, wait_s=0.0):
+    """Lock every trial folder of ``trials``; returns {trial index: TrialLock}.
+
+    All or nothing: when any lock is refused, the ones taken are released and one
+    :class:`TrialLockError` lists every refused lock.
+    """
+    locks, refused = {}, []
+    for t in trials:
+        lock = TrialLock(t["output_dir"])
+        try:
+            lock.acquire(force, stale_after, wait_s)
+        except TrialLockError as e:
+            refused.append(str(e))
+            continue
+        locks[t["trial"]] = lock
+    if refused:
+        for lock in locks.values():
+            lock.release()
+        raise TrialLockError(
+            "another runner is working on these trials; not starting anything:\n  "
+            + "\n  ".join(refused)
+        )
+    return locks
 
 
 def trial_command(config_file, trial, num_gpus, opts):
@@ -135,6 +324,9 @@ def run_trials(
     log_period=60.0,
     max_iter=None,
     poll_interval=1.0,
+    force_unlock=False,
+    stale_lock_s=STALE_LOCK_S,
+    lock_wait_s=0.0,
 ):
     """Run unfinished trials, at most ``len(slots)`` at once, retrying failures.
 
@@ -147,22 +339,45 @@ def run_trials(
         retries (int): extra attempts for a failed trial.
         log_period (float): seconds between progress lines.
         max_iter (int or None): iterations per trial, for the progress percentage.
+        force_unlock, stale_lock_s, lock_wait_s: see :meth:`TrialLock.acquire`.
 
     Returns:
         list[dict]: the trials. KeyboardInterrupt (also raised for SIGTERM by :func:`main`)
-        stops the running trials and propagates.
+        stops the running trials and propagates. Raises :class:`TrialLockError` (nothing
+        started) when another runner holds a trial, :class:`CorruptMetricsError` (nothing
+        started) when a ``final_metrics.json`` is damaged.
     """
-    pending = collections.deque()
+    locks = lock_trials(trials, force_unlock, stale_lock_s, lock_wait_s)
+    try:
+        return _run_locked(
+            trials, launcher, make_command, slots, retries, log_period, max_iter, poll_interval,
+            locks,
+        )  # fmt: skip
+    finally:
+        for lock in locks.values():
+            lock.release()
+
+
+def _run_locked(
+    trials, launcher, make_command, slots, retries, log_period, max_iter, poll_interval, locks
+):
+    pending, corrupt = collections.deque(), []
     for t in trials:
         t.setdefault("attempts", 0)
         t.setdefault("resumed_from", [])
-        metrics = read_final_metrics(t["output_dir"])
+        try:
+            metrics = read_final_metrics(t["output_dir"])
+        except CorruptMetricsError as e:
+            corrupt.append(str(e))
+            continue
         if metrics:
             t.update(metrics, status="finished")
             logger.info("trial %d (seed %d): finished earlier, skipped", t["trial"], t["seed"])
         else:
             pending.append(t)
-    free, running, last_log = list(range(len(slots))), {}, 0.0
+    if corrupt:
+        raise CorruptMetricsError("not starting anything:\n  " + "\n  ".join(corrupt))
+    free, running, last_log, last_beat = list(range(len(slots))), {}, 0.0, time.time()
     try:
         while pending or running:
             while pending and free:
@@ -182,7 +397,11 @@ def run_trials(
                     f" on GPUs {slots[slot]}" if slots[slot] is not None else "",
                 )
                 log_path = os.path.join(t["output_dir"], "train_net.out")
-                handle = launcher.start(make_command(t), trial_env(slots[slot]), log_path)
+                # The trial inherits its lock, so the lock outlives the runner while it runs.
+                extra = {}
+                if getattr(launcher, "inherits_fds", False) and t["trial"] in locks:
+                    extra["pass_fds"] = (locks[t["trial"]].fd,)
+                handle = launcher.start(make_command(t), trial_env(slots[slot]), log_path, **extra)
                 running[slot] = (t, handle, time.time())
             for slot, (t, handle, _) in list(running.items()):
                 rc = launcher.poll(handle)
@@ -190,7 +409,11 @@ def run_trials(
                     continue
                 del running[slot]
                 free.append(slot)
-                metrics = read_final_metrics(t["output_dir"])
+                try:
+                    metrics = read_final_metrics(t["output_dir"])
+                except CorruptMetricsError as e:
+                    logger.error("trial %d (seed %d): %s", t["trial"], t["seed"], e)
+                    metrics = None
                 if rc == 0 and metrics:
                     t.update(metrics, status="finished")
                     logger.info("trial %d (seed %d): finished %s", t["trial"], t["seed"], metrics)
@@ -210,6 +433,10 @@ def run_trials(
                     pending.appendleft(t)
                 else:
                     t["status"] = "failed"
+            if time.time() - last_beat >= HEARTBEAT_S:
+                last_beat = time.time()
+                for lock in locks.values():
+                    lock.heartbeat()
             if running and time.time() - last_log >= log_period:
                 last_log = time.time()
                 for t, _, started in running.values():
@@ -281,6 +508,25 @@ def build_parser():
         "'none'; default: the config's TRANSFER.REFERENCE",
     )
     p.add_argument("--log-period", type=float, default=60.0, help="seconds between progress lines")
+    p.add_argument(
+        "--force-unlock",
+        action="store_true",
+        help="take over trial locks written by a runner on another host that still look live "
+        "(heartbeat younger than --stale-lock-s); locks of live runners on this host are "
+        "never taken over",
+    )
+    p.add_argument(
+        "--stale-lock-s",
+        type=float,
+        default=STALE_LOCK_S,
+        help="a lock from another host without heartbeat for this long is stale",
+    )
+    p.add_argument(
+        "--lock-wait-s",
+        type=float,
+        default=10.0,
+        help="wait this long for a locked trial (e.g. a runner just stopped) before refusing",
+    )
     s = p.add_argument_group("SLURM (submitit; pip install '.[slurm]')")
     s.add_argument("--slurm", action="store_true", help="submit one job per trial")
     s.add_argument("--slurm-partition", default="")
@@ -306,7 +552,8 @@ def _load_cfg(config_file, opts):
 
 def main(argv=None):
     """Command-line entry point (``moco-trials``). Returns the exit status: 0 when every trial
-    finished, 1 when one failed twice, 130 when interrupted."""
+    finished, 1 when one failed twice, 2 when nothing was started (a trial is locked by another
+    live runner, or a ``final_metrics.json`` is damaged), 130 when interrupted."""
     args = build_parser().parse_args(argv)
     opts = [o for o in args.opts if o != "--"]
     clash = [k for k in opts[::2] if k in RESERVED_KEYS]
@@ -353,10 +600,22 @@ def main(argv=None):
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main else None
     try:
         run_trials(
-            trials, launcher, command, slots, args.retries, args.log_period, cfg.SOLVER.MAX_ITER
+            trials,
+            launcher,
+            command,
+            slots,
+            args.retries,
+            args.log_period,
+            cfg.SOLVER.MAX_ITER,
+            force_unlock=args.force_unlock,
+            stale_lock_s=args.stale_lock_s,
+            lock_wait_s=args.lock_wait_s,
         )
     except KeyboardInterrupt:
         return 130
+    except (TrialLockError, CorruptMetricsError) as e:
+        logger.error("%s", e)
+        return 2
     finally:
         if in_main:
             signal.signal(signal.SIGTERM, previous)

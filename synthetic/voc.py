@@ -1,4 +1,4 @@
-"""PASCAL-VOC-format detection set, and a strict checker for VOC annotation files.
+"""PASCAL-VOC-format detection set (its annotation checker is ``detection.voc_check``).
 
 Layout written by :func:`make_voc` (as detectron2's ``register_pascal_voc`` expects)::
 
@@ -32,10 +32,6 @@ from .render import (
 DET_CLASSES = SHAPES[:6]  # ("disk", "square", "triangle", "star", "cross", "ring")
 _SPLIT_IDS = {"trainval": 0, "test": 1}
 _MIN_VISIBLE_PX = 12  # objects hidden below this are not annotated at all
-
-
-class VOCAnnotationError(ValueError):
-    """A VOC annotation file is malformed; the message starts with the file's path."""
 
 
 def _box_iou(a, b) -> float:
@@ -131,102 +127,23 @@ def _annotation_xml(folder: str, filename: str, width: int, height: int, objects
     return root
 
 
-def _text(node, path: str, xml_path: str) -> str:
-    found = node.find(path)
-    if found is None or found.text is None or not found.text.strip():
-        raise VOCAnnotationError(f"{xml_path}: missing <{path}>")
-    return found.text.strip()
+# The annotation checker lives with the detection code that uses it (``detection.voc_check``);
+# these names stay importable from here, loaded on first use so that generating data does not
+# import detectron2.
+_CHECKER_NAMES = (
+    "VOCAnnotationError",
+    "check_annotation",
+    "check_voc_split",
+    "load_checked_voc_instances",
+)
 
 
-def _number(node, path: str, xml_path: str) -> float:
-    text = _text(node, path, xml_path)
-    try:
-        return float(text)
-    except ValueError:
-        raise VOCAnnotationError(f"{xml_path}: <{path}> is not a number: {text!r}") from None
+def __getattr__(name):
+    if name in _CHECKER_NAMES:
+        from detection import voc_check
 
-
-def check_annotation(xml_path: str, classes) -> dict:
-    """Parse and validate one VOC annotation file.
-
-    Args:
-        xml_path: path of an ``Annotations/<id>.xml`` file.
-        classes: the allowed object names.
-
-    Returns:
-        ``{"filename", "width", "height", "objects": [{"name", "bbox", "difficult",
-        "truncated"}]}`` with ``bbox`` in VOC 1-based pixel coordinates.
-
-    Raises:
-        VOCAnnotationError: naming ``xml_path``, for unparsable XML, a missing field, an
-            unknown class, or a box that is empty or not inside ``[1, width] x [1, height]``.
-    """
-    try:
-        tree = ET.parse(xml_path)
-    except (ET.ParseError, OSError) as e:
-        raise VOCAnnotationError(f"{xml_path}: cannot parse annotation ({e})") from e
-    root = tree.getroot()
-    width = _number(root, "size/width", xml_path)
-    height = _number(root, "size/height", xml_path)
-    _number(root, "size/depth", xml_path)
-    record = {"filename": _text(root, "filename", xml_path), "width": int(width)}
-    record.update(height=int(height), objects=[])
-    for i, obj in enumerate(root.findall("object")):
-        name = _text(obj, "name", xml_path)
-        if name not in classes:
-            raise VOCAnnotationError(
-                f"{xml_path}: object {i} has unknown class {name!r}; expected one of "
-                f"{tuple(classes)}"
-            )
-        if obj.find("bndbox") is None:
-            raise VOCAnnotationError(f"{xml_path}: object {i} ({name}) has no <bndbox>")
-        x0, y0, x1, y1 = (
-            _number(obj, f"bndbox/{k}", xml_path) for k in ("xmin", "ymin", "xmax", "ymax")
-        )
-        if not (1 <= x0 <= x1 <= width and 1 <= y0 <= y1 <= height):
-            raise VOCAnnotationError(
-                f"{xml_path}: object {i} ({name}) box {(x0, y0, x1, y1)} is empty or outside "
-                f"the image [1, {width:g}] x [1, {height:g}]"
-            )
-        record["objects"].append(
-            {
-                "name": name,
-                "bbox": (x0, y0, x1, y1),
-                "difficult": int(_number(obj, "difficult", xml_path)),
-                "truncated": int(_number(obj, "truncated", xml_path)),
-            }
-        )
-    return record
-
-
-def check_voc_split(dirname: str, split: str, classes) -> list:
-    """Validate every annotation listed in ``dirname/ImageSets/Main/<split>.txt``.
-
-    Returns the list of records from :func:`check_annotation`; raises ``VOCAnnotationError``
-    naming the first bad file, or ``FileNotFoundError`` for a listed image that is missing.
-    Meant to run before ``detectron2.data.datasets.load_voc_instances``, whose own errors
-    (``KeyError``/``AttributeError`` deep in the loader) do not say which file is at fault.
-    """
-    with open(os.path.join(dirname, "ImageSets", "Main", split + ".txt")) as f:
-        ids = [line.strip() for line in f if line.strip()]
-    records = []
-    for fileid in ids:
-        jpg = os.path.join(dirname, "JPEGImages", fileid + ".jpg")
-        if not os.path.isfile(jpg):
-            raise FileNotFoundError(f"{jpg}: listed in {split}.txt but missing")
-        records.append(
-            check_annotation(os.path.join(dirname, "Annotations", fileid + ".xml"), classes)
-        )
-    return records
-
-
-def load_checked_voc_instances(dirname: str, split: str, classes) -> list:
-    """``check_voc_split`` then detectron2's ``load_voc_instances``: dataset dicts, or a clear
-    error naming the malformed file. Suitable as a ``DatasetCatalog`` loader."""
-    from detectron2.data.datasets.pascal_voc import load_voc_instances
-
-    check_voc_split(dirname, split, classes)
-    return load_voc_instances(dirname, split, tuple(classes))
+        return getattr(voc_check, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_voc(

@@ -9,6 +9,7 @@ from detectron2.data.datasets.pascal_voc import CLASS_NAMES
 
 import synthetic
 from detection.datasets import (
+    CheckedVOCLoader,
     default_voc_root,
     register_from_config,
     register_voc,
@@ -18,11 +19,17 @@ from detection.datasets import (
 VOC_NAMES = ["voc_2007_trainval", "voc_2012_trainval", "voc_2007_test"]
 
 
-def test_voc_reuses_detectron2s_registration():
-    before = {n: DatasetCatalog[n] for n in VOC_NAMES}  # detectron2's loaders
+def test_voc_keeps_detectron2s_metadata_with_the_checked_loader():
     assert register_voc() == VOC_NAMES
-    assert {n: DatasetCatalog[n] for n in VOC_NAMES} == before  # not replaced
+    loaders = {n: DatasetCatalog[n] for n in VOC_NAMES}
+    assert all(isinstance(loader, CheckedVOCLoader) for loader in loaders.values())
+    assert register_voc() == VOC_NAMES
+    assert {n: DatasetCatalog[n] for n in VOC_NAMES} == loaders  # not replaced again
     meta = MetadataCatalog.get("voc_2007_test")
+    assert (loaders["voc_2007_test"].dirname, loaders["voc_2007_test"].split) == (
+        meta.dirname,
+        "test",
+    )
     assert meta.dirname == os.path.join(default_voc_root(), "VOC2007")
     assert (meta.year, meta.split, meta.evaluator_type) == (2007, "test", "pascal_voc")
     assert meta.thing_classes == list(CLASS_NAMES)

@@ -1,0 +1,148 @@
+"""Benchmark of the VOC split checker against detectron2's plain loader.
+
+Generates ``--images`` VOC annotation files (1-4 objects each, like VOC) and as many small
+JPEGs, then times, on a warm page cache (best of ``--repeat``):
+
+- ``detectron2/load_voc_instances``: detectron2's loader (no checks, no image access);
+- ``scan/serial-xml``: this project's checker, XML only, one thread;
+- ``scan/serial``: XML + image header (existence, size), one thread;
+- ``scan/threads-N``: the same on N threads (what ``detection.voc_check`` uses);
+- ``scan/processes-N``: the same on N processes (the alternative that was rejected).
+
+Example::
+
+    python benchmarks/voc_check.py --images 5000 --out benchmarks/results/voc_check_cpu.json
+"""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from detection import voc_check  # noqa: E402
+
+CLASSES = ("disk", "square", "triangle", "star", "cross", "ring")
+
+
+def make_split(root, n, seed=0):
+    """``n`` VOC annotations + JPEGs under ``root`` (split "trainval"); returns the folder."""
+    rng = np.random.default_rng(seed)
+    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+    sizes = [(500, 375), (375, 500), (500, 333)]
+    templates = {}
+    for w, h in sizes:  # one JPEG per size, hard-linked: only headers are read
+        path = os.path.join(root, f"template_{w}x{h}.jpg")
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path, quality=80)
+        templates[(w, h)] = path
+    ids = []
+    for i in range(n):
+        fileid = f"{i:06d}"
+        w, h = sizes[i % len(sizes)]
+        objs = []
+        for _ in range(int(rng.integers(1, 5))):
+            x0, y0 = int(rng.integers(1, w // 2)), int(rng.integers(1, h // 2))
+            x1, y1 = int(rng.integers(x0, w + 1)), int(rng.integers(y0, h + 1))
+            name = CLASSES[int(rng.integers(len(CLASSES)))]
+            objs.append(
+                f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>"
+                f"<difficult>0</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin>"
+                f"<xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>"
+            )
+        xml = (
+            f"<annotation><folder>VOC2007</folder><filename>{fileid}.jpg</filename>"
+            f"<size><width>{w}</width><height>{h}</height><depth>3</depth></size>"
+            f"<segmented>0</segmented>{''.join(objs)}</annotation>"
+        )
+        with open(os.path.join(root, "Annotations", fileid + ".xml"), "w") as f:
+            f.write(xml)
+        os.link(templates[(w, h)], os.path.join(root, "JPEGImages", fileid + ".jpg"))
+        ids.append(fileid)
+    with open(os.path.join(root, "ImageSets", "Main", "trainval.txt"), "w") as f:
+        f.write("\n".join(ids) + "\n")
+    return root
+
+
+def scan_processes(dirname, classes, workers):
+    ids, _ = voc_check._read_ids(dirname, "trainval")
+    index = {c: i for i, c in enumerate(classes)}
+    batches = [ids[i : i + voc_check._BATCH] for i in range(0, len(ids), voc_check._BATCH)]
+    with concurrent.futures.ProcessPoolExecutor(workers) as pool:
+        futures = [
+            pool.submit(voc_check._check_ids, dirname, b, index, False, True) for b in batches
+        ]
+        return [r for f in futures for r in f.result()]
+
+
+def best_of(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--images", type=int, default=5000)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--threads", type=int, nargs="+", default=[2, 4, 8])
+    p.add_argument("--out", default=None, help="JSON file for the results")
+    args = p.parse_args(argv)
+    from detectron2.data.datasets.pascal_voc import load_voc_instances
+
+    tmp = tempfile.mkdtemp(prefix="voc_check_bench_")
+    try:
+        d = make_split(tmp, args.images)
+        rows = {}
+        rows["detectron2/load_voc_instances"], ref = best_of(
+            lambda: load_voc_instances(d, "trainval", CLASSES), args.repeat
+        )
+        rows["scan/serial-xml"], _ = best_of(
+            lambda: voc_check.scan_voc_split(d, "trainval", CLASSES, check_images=False, workers=1),
+            args.repeat,
+        )
+        rows["scan/serial"], scan = best_of(
+            lambda: voc_check.scan_voc_split(d, "trainval", CLASSES, workers=1), args.repeat
+        )
+        assert not scan.problems and scan.dicts == ref, "checker and detectron2 disagree"
+        for n in args.threads:
+            rows[f"scan/threads-{n}"], _ = best_of(
+                lambda n=n: voc_check.scan_voc_split(d, "trainval", CLASSES, workers=n),
+                args.repeat,
+            )
+        for n in args.threads:
+            rows[f"scan/processes-{n}"], _ = best_of(
+                lambda n=n: scan_processes(d, CLASSES, n), args.repeat
+            )
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    result = {
+        "images": args.images,
+        "cpus": os.cpu_count(),
+        "repeat": args.repeat,
+        "seconds": rows,
+        "note": "warm page cache, local disk; best of --repeat",
+    }
+    print(f"{'variant':34s} {'seconds':>8s} {'us/image':>9s}")
+    for name, sec in rows.items():
+        print(f"{name:34s} {sec:8.3f} {1e6 * sec / args.images:9.1f}")
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()
