@@ -78,6 +78,7 @@ def make_data(out: str, preset: Preset, seed: int) -> dict:
         train_per_class=preset.train_per_class,
         val_per_class=preset.val_per_class,
         image_size=preset.cls_image_size,
+        workers=preset.data_workers,
     )
     voc = synthetic.make_voc(
         os.path.join(data, "voc"),
@@ -215,8 +216,9 @@ def run_detection(out: str, weights: dict, voc: str, preset: Preset, seeds) -> d
     """Multi-seed fine-tunes through the trial runner, one runner process per entry of
     ``weights`` (name -> MODEL.WEIGHTS, "" for random init), all at once: on CPU each trial uses
     one thread (configs/detection/tiny_synthetic.yaml), so the two inits share a 2-core machine
-    without slowing each other much; on one GPU the two inits share it. Returns the loaded summaries by name. Finished trials are
-    kept, so a rerun continues where an interrupted one stopped."""
+    without slowing each other much; on one GPU the two inits share it. Returns the loaded
+    summaries by name. Finished trials are kept, so a rerun continues where an interrupted one
+    stopped."""
     import subprocess
     import sys
     import threading
