@@ -78,6 +78,9 @@ PRESETS = {
         voc_kwargs=CPU_VOC,
         pretrain_opts=("CPU_THREADS", "2"),
         detection_opts=(
+            # keep the backbone's (pretrained) BN statistics and affine: train-mode BN at batch
+            # 2 cost MoCo init most of its AP (docs/tiny_recipe.md)
+            "MODEL.RESNETS.NORM", "FrozenBN",
             "MODEL.ROI_HEADS.NUM_CLASSES", "3",
             "TRANSFER.VOC_LIKE_CLASSES", "('disk', 'square', 'triangle')",
             "MODEL.ANCHOR_GENERATOR.SIZES", "[[32, 64, 128]]",
