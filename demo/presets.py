@@ -94,9 +94,8 @@ PRESETS = {
         ),
         seeds=(0, 1000, 2000),
         # detect: 3 trials per init one after another, both inits at once; a 200-iteration
-        # trial took 324 s at load 6-7 (1.39 s/iteration, 0.28 s per test image) and the same
-        # network ran 2.5x faster on the quiet machine: ~130 s per trial.
-        estimates={"data": 15, "pretrain": 580, "knn": 30, "convert": 5, "detect": 420},
+        # trial took 106 s on the quiet machine (324 s at load 6-7), docs/tiny_recipe.md.
+        estimates={"data": 15, "pretrain": 580, "knn": 30, "convert": 5, "detect": 330},
     ),
     "smoke": Preset(
         name="smoke",
