@@ -86,16 +86,16 @@ PRESETS = {
             "MODEL.ANCHOR_GENERATOR.SIZES", "[[32, 64, 128]]",
             "INPUT.MIN_SIZE_TRAIN", "(112,)",
             "INPUT.MIN_SIZE_TEST", "112",
-            "SOLVER.MAX_ITER", "200",
-            "SOLVER.STEPS", "(170,)",
+            "SOLVER.MAX_ITER", "300",
+            "SOLVER.STEPS", "(260,)",
             "SOLVER.BASE_LR", "0.01",
             "SOLVER.WARMUP_ITERS", "20",
             "SOLVER.CHECKPOINT_PERIOD", "100",
         ),
         seeds=(0, 1000, 2000),
-        # detect: 3 trials per init one after another, both inits at once; a 200-iteration
-        # trial took 106 s on the quiet machine (324 s at load 6-7), docs/tiny_recipe.md.
-        estimates={"data": 15, "pretrain": 580, "knn": 30, "convert": 5, "detect": 330},
+        # detect: 3 trials per init one after another, both inits at once; a 300-iteration
+        # trial took about 150 s at load about 2: 3 trials in 456 s (docs/tiny_recipe.md).
+        estimates={"data": 15, "pretrain": 580, "knn": 30, "convert": 5, "detect": 460},
     ),
     "smoke": Preset(
         name="smoke",
