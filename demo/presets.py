@@ -1,13 +1,27 @@
-"""Sizes of the demo. ``default`` is what ``make demo`` runs; ``smoke`` checks the glue in
-about a minute (its numbers mean nothing). Stage estimates (seconds, 2-core CPU) drive the
-ETA shown while the demo runs."""
+"""Sizes of the demo. ``default`` is what ``make demo`` runs on a CPU; ``smoke`` checks the glue
+in about a minute (its numbers mean nothing); ``gpu`` is the full-width run for one GPU (chosen
+automatically when CUDA is available). Stage estimates (seconds) drive the ETA shown while the
+demo runs."""
 
+import os
 from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_PRETRAIN_CFG = os.path.join(ROOT, "configs", "pretrain", "tiny_synthetic.yaml")
+TINY_DETECT_CFG = os.path.join(ROOT, "configs", "detection", "tiny_synthetic.yaml")
+GPU_PRETRAIN_CFG = os.path.join(ROOT, "configs", "pretrain", "moco_v2_200ep.yaml")
+# The one-GPU VOC config (IMS_PER_BATCH 16 on one GPU). Until it is in the tree the 8-GPU
+# config is used with the same batch set explicitly (see pipeline.detect_config_of).
+GPU_DETECT_CFG = os.path.join(ROOT, "configs", "detection", "pascal_voc_R_50_C4_24k_moco_1gpu.yaml")
+GPU_DETECT_CFG_FALLBACK = os.path.join(
+    ROOT, "configs", "detection", "pascal_voc_R_50_C4_24k_moco.yaml"
+)
 
 
 @dataclass(frozen=True)
 class Preset:
-    """One demo size: data counts, pretraining and detection budgets, and ETA estimates."""
+    """One demo size: data counts, pretraining and detection configs and budgets, and ETA
+    estimates."""
 
     name: str
     # synthetic.make_classification
@@ -17,14 +31,37 @@ class Preset:
     # synthetic.make_voc
     voc_trainval: int
     voc_test: int
-    # configs/pretrain/tiny_synthetic.yaml overrides
+    # overrides of pretrain_config
     pretrain_opts: tuple
-    # configs/detection/tiny_synthetic.yaml overrides
+    # overrides of detect_config
     detection_opts: tuple
     seeds: tuple
-    # rough seconds per stage on a 2-core CPU, for the ETA line
+    # rough seconds per stage, for the ETA line
     estimates: dict = field(default_factory=dict)
+    # further keyword arguments of synthetic.make_voc (difficulty, sizes, classes)
+    voc_kwargs: dict = field(default_factory=dict)
+    cls_image_size: int = 64
+    # processes generating the classification set
+    data_workers: int = 1
+    pretrain_config: str = TINY_PRETRAIN_CFG
+    detect_config: str = TINY_DETECT_CFG
+    # "cpu" or "cuda": where kNN runs; the configs' own device keys are set in the opts
+    device: str = "cpu"
+    # extra arguments of the detection trial runner (python -m detection.trials)
+    trial_args: tuple = ()
 
+
+# Generated detection set of the CPU presets (docs/tiny_recipe.md, "Detection transfer at demo
+# size"): plain backgrounds, 1-2 large objects, 3 classes, 96-128 px images.
+CPU_VOC = {
+    "min_side": 96,
+    "max_side": 128,
+    "max_objects": 2,
+    "clutter": 0,
+    "size_range": (0.2, 0.4),
+    "distractor_p": 0.0,
+    "classes": ("disk", "square", "triangle"),
+}
 
 # KEY VALUE override pairs stay one pair per line.
 # fmt: off
@@ -37,20 +74,28 @@ PRESETS = {
         train_per_class=400,
         val_per_class=50,
         voc_trainval=150,
-        voc_test=60,
+        voc_test=100,
+        voc_kwargs=CPU_VOC,
         pretrain_opts=("CPU_THREADS", "2"),
-        # 120 iterations at lr 0.01 (4x the recipe's lr per image, for a run this short):
-        # about 3.6 minutes per trial (training, precise BN, evaluation) with the two inits
-        # running side by side on 2 cores (measured 2026-11-23, README "Demo results").
         detection_opts=(
-            "SOLVER.MAX_ITER", "120",
-            "SOLVER.STEPS", "(100,)",
+            # keep the backbone's (pretrained) BN statistics and affine: train-mode BN at batch
+            # 2 cost MoCo init most of its AP (docs/tiny_recipe.md)
+            "MODEL.RESNETS.NORM", "FrozenBN",
+            "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+            "TRANSFER.VOC_LIKE_CLASSES", "('disk', 'square', 'triangle')",
+            "MODEL.ANCHOR_GENERATOR.SIZES", "[[32, 64, 128]]",
+            "INPUT.MIN_SIZE_TRAIN", "(112,)",
+            "INPUT.MIN_SIZE_TEST", "112",
+            "SOLVER.MAX_ITER", "300",
+            "SOLVER.STEPS", "(260,)",
             "SOLVER.BASE_LR", "0.01",
             "SOLVER.WARMUP_ITERS", "20",
-            "SOLVER.CHECKPOINT_PERIOD", "60",
+            "SOLVER.CHECKPOINT_PERIOD", "100",
         ),
         seeds=(0, 1000, 2000),
-        estimates={"data": 15, "pretrain": 580, "knn": 30, "convert": 5, "detect": 660},
+        # detect: 3 trials per init one after another, both inits at once; a 300-iteration
+        # trial took about 150 s at load about 2: 3 trials in 456 s (docs/tiny_recipe.md).
+        estimates={"data": 15, "pretrain": 580, "knn": 30, "convert": 5, "detect": 460},
     ),
     "smoke": Preset(
         name="smoke",
@@ -59,6 +104,7 @@ PRESETS = {
         val_per_class=4,
         voc_trainval=8,
         voc_test=4,
+        voc_kwargs=CPU_VOC,
         pretrain_opts=(
             "SOLVER.EPOCHS", "1",
             "SOLVER.BATCH_SIZE", "16",
@@ -67,6 +113,9 @@ PRESETS = {
             "SOLVER.WARMUP_EPOCHS", "0.0",
         ),
         detection_opts=(
+            "MODEL.RESNETS.NORM", "FrozenBN",
+            "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+            "TRANSFER.VOC_LIKE_CLASSES", "('disk', 'square', 'triangle')",
             "SOLVER.MAX_ITER", "2",
             "SOLVER.STEPS", "(1,)",
             "SOLVER.WARMUP_ITERS", "1",
@@ -76,5 +125,85 @@ PRESETS = {
         seeds=(0, 1000),
         estimates={"data": 2, "pretrain": 10, "knn": 5, "convert": 2, "detect": 40},
     ),
+    # One GPU, full-width ResNet-50 at 224 px, sized for about 15 minutes on one H100. The
+    # estimates are calculated from measured H100 rates (MoCo R50 step at batch 256: ~2,500
+    # pairs/s bf16; Faster R-CNN R50-C4 at batch 16: ~0.77 s/iter with AMP; inference ~0.06
+    # s/image at 800 px), not measured for this preset: see docs/tiny_recipe.md, "GPU preset".
+    "gpu": Preset(
+        name="gpu",
+        num_classes=8,
+        train_per_class=600,  # 4,800 images of 448 px (ImageNet-like size; crops at 224)
+        val_per_class=50,
+        cls_image_size=448,
+        data_workers=12,
+        voc_trainval=400,
+        voc_test=100,
+        voc_kwargs={
+            "min_side": 375,
+            "max_side": 500,
+            "max_objects": 2,
+            "clutter": 0,
+            "size_range": (0.2, 0.4),
+            "distractor_p": 0.0,
+            "classes": ("disk", "square", "triangle"),
+        },
+        pretrain_config=GPU_PRETRAIN_CFG,
+        pretrain_opts=(
+            "MODEL.DEVICE", "cuda",
+            "INPUT.PIPELINE", "device",
+            "INPUT.LOAD_SIZE", "256",
+            "DATA.CACHE_DECODED", "True",
+            "DATA.NUM_WORKERS", "8",
+            "SOLVER.BATCH_SIZE", "256",
+            "SOLVER.EPOCHS", "60",  # 18 steps each: 1,080 steps, 276,480 pairs
+            "SOLVER.WARMUP_ITERS", "50",
+            # the tiny recipe's measured short-run settings (docs/tiny_recipe.md)
+            "SOLVER.OPTIMIZER", "AdamW",
+            "SOLVER.BASE_LR", "0.001",
+            "MODEL.K", "1024",  # well below the 4,800 images, a multiple of 256
+            "MODEL.M", "0.99",
+            "MODEL.HEAD_BN", "True",
+            "MODEL.OUT_BN", "True",
+            "MODEL.KEY_BN_SPLITS", "8",
+            "TEST.KNN_SIZE", "224",
+        ),
+        detect_config=GPU_DETECT_CFG,
+        detection_opts=(
+            "MODEL.DEVICE", "cuda",
+            "SOLVER.AMP.ENABLED", "True",
+            "SOLVER.IMS_PER_BATCH", "16",
+            "SOLVER.BASE_LR", "0.02",
+            "MODEL.ROI_HEADS.NUM_CLASSES", "3",
+            "TRANSFER.VOC_LIKE_CLASSES", "('disk', 'square', 'triangle')",
+            "DATASETS.TRAIN", "('synth_2007_trainval', 'synth_2012_trainval')",
+            "DATASETS.TEST", "('synth_2007_test',)",
+            "TRANSFER.REFERENCE", "",
+            "INPUT.MIN_SIZE_TRAIN", "(480, 512, 544, 576, 608)",
+            "INPUT.MIN_SIZE_TEST", "544",
+            "SOLVER.MAX_ITER", "80",
+            "SOLVER.STEPS", "(65,)",
+            "SOLVER.WARMUP_ITERS", "10",
+            "SOLVER.CHECKPOINT_PERIOD", "40",
+            "TEST.PRECISE_BN.NUM_ITER", "10",
+            "DATALOADER.NUM_WORKERS", "4",
+        ),
+        trial_args=("--gpus-per-trial", "1"),
+        seeds=(0, 1000, 2000),
+        device="cuda",
+        # Calculated, not measured (docs/tiny_recipe.md, "GPU preset"):
+        # data: 5,200 images of 448 px on 12 processes + 900 VOC images on one, at ~0.04-0.05
+        # s/image per core; pretrain: 276,480 pairs / 2,500 pairs/s = 111 s + ~30 s start-up and
+        # first decode; detect: 6 trials x (80 x 0.77 s + 100 x 0.06 s + ~40 s start-up and
+        # precise BN), the two inits sharing the GPU (0.77 s/iter was measured at 800 px; these
+        # images are smaller).
+        estimates={"data": 80, "pretrain": 140, "knn": 20, "convert": 5, "detect": 650},
+    ),
 }
 # fmt: on
+
+
+def default_preset_name() -> str:
+    """``"gpu"`` when CUDA is available, else ``"default"`` (the CPU demo)."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "default"

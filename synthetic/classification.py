@@ -41,6 +41,15 @@ def render_classification_image(
     return img
 
 
+def _write_class(out_dir, split, ci, per_class, seed, image_size, clutter, jpeg_quality) -> None:
+    """Render and write the ``per_class`` images of class index ``ci`` of ``split``."""
+    for i in range(per_class):
+        rng = np.random.default_rng([seed, _SPLIT_IDS[split], ci, i])
+        img = render_classification_image(ci, image_size, rng, clutter=clutter)
+        with open(os.path.join(out_dir, f"{i:05d}.jpg"), "wb") as f:
+            f.write(encode_jpeg(img, jpeg_quality))
+
+
 def make_classification(
     root: str,
     seed: int = 0,
@@ -50,6 +59,7 @@ def make_classification(
     image_size: int = 64,
     clutter: int = 4,
     jpeg_quality: int = 90,
+    workers: int = 1,
 ) -> dict:
     """Write a seeded ImageFolder classification set under ``root`` and return its summary.
 
@@ -62,6 +72,8 @@ def make_classification(
         image_size: side of the square images in pixels.
         clutter: number of background distractors per image.
         jpeg_quality: fixed JPEG quality (part of what makes the bytes reproducible).
+        workers: processes rendering (split, class) folders in parallel; the bytes do not
+            depend on it.
 
     Returns:
         ``{"classes": [...], "counts": {split: {class: n}}, "image_size", "seed"}``, also written
@@ -72,18 +84,23 @@ def make_classification(
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16 px, got {image_size}")
     classes = list(CLS_CLASSES[:num_classes])
-    counts = {}
+    counts, jobs = {}, []
     for split, per_class in (("train", train_per_class), ("val", val_per_class)):
         counts[split] = {}
         for ci, name in enumerate(classes):
             out_dir = os.path.join(root, split, name)
             os.makedirs(out_dir, exist_ok=True)
-            for i in range(per_class):
-                rng = np.random.default_rng([seed, _SPLIT_IDS[split], ci, i])
-                img = render_classification_image(ci, image_size, rng, clutter=clutter)
-                with open(os.path.join(out_dir, f"{i:05d}.jpg"), "wb") as f:
-                    f.write(encode_jpeg(img, jpeg_quality))
+            jobs.append((out_dir, split, ci, per_class, seed, image_size, clutter, jpeg_quality))
             counts[split][name] = per_class
+    if workers > 1:
+        # every image depends only on its own (seed, split, class, index): same bytes in parallel
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_write_class, *zip(*jobs)))
+    else:
+        for job in jobs:
+            _write_class(*job)
     summary = {"classes": classes, "counts": counts, "image_size": image_size, "seed": seed}
     with open(os.path.join(root, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)

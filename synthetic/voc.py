@@ -49,20 +49,26 @@ def render_detection_image(
     classes=DET_CLASSES,
     max_objects: int = 4,
     clutter: int = 6,
+    size_range: tuple = (None, 1.0 / 3.0),
+    distractor_p: float = 0.5,
 ) -> tuple:
     """Render one detection image; returns ``(rgb float32 HxWx3, list of object dicts)``.
 
     Each object dict has ``name``, ``bbox`` (VOC 1-based xmin, ymin, xmax, ymax of the visible
     pixels), ``truncated`` (cut by the image border) and ``difficult`` (small or mostly hidden).
-    Objects are drawn in order, so later ones partly occlude earlier ones; sizes are log-uniform
-    between a few pixels and a third of the short side.
+    Objects are drawn in order, so later ones partly occlude earlier ones; radii are log-uniform
+    in ``size_range`` (fractions of the short side; ``None`` as the lower end: 6 pixels).
+    ``clutter`` is the number of background distractors and ``distractor_p`` the probability of
+    one more distractor drawn over the objects.
     """
     hw = (height, width)
     pad = max(width, height) // 2  # shapes are drawn on a padded canvas to measure truncation
     img = background(hw, rng, clutter=clutter)
     label = np.full(hw, -1, np.int32)
     placed, full_areas, names, cut = [], [], [], []
-    r_lo, r_hi = 6.0, max(7.0, min(width, height) / 3.0)
+    short = min(width, height)
+    r_lo = 6.0 if size_range[0] is None else max(6.0, size_range[0] * short)
+    r_hi = max(r_lo + 1.0, size_range[1] * short)
     for k in range(int(rng.integers(1, max_objects + 1))):
         for _ in range(10):  # reject placements that would hide an earlier object entirely
             radius = float(np.exp(rng.uniform(np.log(r_lo), np.log(r_hi))))
@@ -81,7 +87,7 @@ def render_detection_image(
         full_areas.append(int(padded.sum()))
         cut.append(int(mask.sum()) < full_areas[-1])  # part of the shape fell outside
         names.append(name)
-    if rng.random() < 0.5:  # a distractor over the objects: occlusion by non-objects too
+    if rng.random() < distractor_p:  # a distractor over the objects: occlusion by non-objects too
         before = img.copy()
         add_clutter(img, rng)
         label[np.any(img != before, axis=2)] = -1
@@ -157,6 +163,9 @@ def make_voc(
     max_objects: int = 4,
     classes=DET_CLASSES,
     jpeg_quality: int = 90,
+    clutter: int = 6,
+    size_range: tuple = (None, 1.0 / 3.0),
+    distractor_p: float = 0.5,
 ) -> dict:
     """Write a seeded PASCAL-VOC-format detection set under ``root``; return its summary.
 
@@ -170,6 +179,8 @@ def make_voc(
         max_objects: each image has 1..max_objects objects before occlusion filtering.
         classes: object names, a subset of the shape vocabulary (default ``DET_CLASSES``).
         jpeg_quality: fixed JPEG quality, so bytes are reproducible.
+        clutter, size_range, distractor_p: difficulty, see :func:`render_detection_image`
+            (the defaults are the cluttered set the tests use).
 
     Returns:
         ``{"classes", "seed", "splits": {"VOC2007/trainval": {"images", "objects": {class: n},
@@ -195,7 +206,9 @@ def make_voc(
             for i in range(n):
                 rng = np.random.default_rng([seed, int(year), _SPLIT_IDS[split], i])
                 w, h = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
-                img, objects = render_detection_image(rng, w, h, classes, max_objects)
+                img, objects = render_detection_image(
+                    rng, w, h, classes, max_objects, clutter, size_range, distractor_p
+                )
                 fileid = f"{next_id:06d}" if year == "2007" else f"{year}_{next_id:06d}"
                 next_id += 1
                 ids.append(fileid)

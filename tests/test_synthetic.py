@@ -33,7 +33,9 @@ def test_classification_is_deterministic(tmp_path):
     synthetic.make_classification(str(tmp_path / "a"), seed=3, **kw)
     synthetic.make_classification(str(tmp_path / "b"), seed=3, **kw)
     synthetic.make_classification(str(tmp_path / "c"), seed=4, **kw)
+    synthetic.make_classification(str(tmp_path / "d"), seed=3, workers=2, **kw)
     assert _same_bytes(tmp_path / "a", tmp_path / "b")
+    assert _same_bytes(tmp_path / "a", tmp_path / "d")
     img = "train/disk/00000.jpg"
     assert (tmp_path / "a" / img).read_bytes() != (tmp_path / "c" / img).read_bytes()
 
@@ -166,3 +168,30 @@ def test_bad_arguments_are_rejected(tmp_path):
         synthetic.make_classification(str(tmp_path), num_classes=99)
     with pytest.raises(ValueError, match="unknown classes"):
         synthetic.make_voc(str(tmp_path), classes=("disk", "unicorn"))
+
+
+def test_voc_difficulty_options_bound_object_sizes(tmp_path):
+    # the demo's easy detection set: large objects only, no distractors, 3 classes
+    classes = ("disk", "square", "triangle")
+    synthetic.make_voc(
+        str(tmp_path),
+        trainval_images=6,
+        test_images=2,
+        min_side=96,
+        max_side=128,
+        max_objects=2,
+        clutter=0,
+        size_range=(0.2, 0.4),
+        distractor_p=0.0,
+        classes=classes,
+    )
+    recs = synthetic.check_voc_split(str(tmp_path / "VOC2007"), "trainval", classes)
+    sizes = []
+    for rec in recs:
+        assert 1 <= len(rec["objects"]) <= 2
+        for obj in rec["objects"]:
+            x0, y0, x1, y1 = obj["bbox"]
+            if not obj["truncated"]:
+                sizes.append(max(x1 - x0, y1 - y0) + 1)
+    # an untruncated object spans at least its radius, 0.2 x the short side (>= 96 px)
+    assert sizes and min(sizes) >= 0.2 * 96
