@@ -15,8 +15,7 @@ three input pipelines (INPUT.PIPELINE pil | batched | device) eager and compiled
 (SOLVER.COMPILE), a per-GPU batch sweep (KEY_BN_SPLITS so each split has ``--split`` images)
 and the per-image loader alone (``--workers`` processes). A row whose config the current code
 rejects is reported as ``unsupported: <error>``; one that fails while running as
-``failed: <error>``. Where INPUT.PIPELINE does not exist yet, "pil" and "batched" fall back to
-INPUT.BATCHED_AUG False / True (noted in the row).
+``failed: <error>``.
 
     python benchmarks/pretrain_e2e.py --out benchmarks/results/pretrain_e2e_cuda.json   # GPU
     python benchmarks/pretrain_e2e.py --tiny --out benchmarks/results/pretrain_e2e_cpu.json
@@ -41,21 +40,13 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from pretrain.config import get_pretrain_cfg, validate_cfg  # noqa: E402
+from pretrain.config import load_cfg  # noqa: E402
 
 # Targets for one GPU (H100-class), from the pretraining speed plan.
 E2E_TARGET = 3500.0  # pairs/s end to end at per-GPU batch 256 with split BN ...
 E2E_MAX_DATA_WAIT = 5.0  # ... with data wait below this many percent
 STEP32_TARGET = 1500.0  # pairs/s at per-GPU batch 32
 LOADER_TARGET = 500.0  # images/s of the per-image PIL path with 16 workers
-
-# Keys other branches add; when the current config lacks one, these values keep working.
-FALLBACKS = {
-    ("INPUT.PIPELINE", "pil"): ["INPUT.BATCHED_AUG", "False"],
-    ("INPUT.PIPELINE", "batched"): ["INPUT.BATCHED_AUG", "True"],
-    ("SOLVER.COMPILE", ""): [],
-}
-
 
 def _write_one(job):
     path, seed, width, height, quality = job
@@ -103,31 +94,12 @@ def write_jpeg_folder(root, n, width=500, height=375, classes=10, quality=90, pr
     return {"root": root, "images": n, "mean_kib": mean_bytes / 1024}
 
 
-def _has_key(cfg, dotted):
-    node = cfg
-    for part in dotted.split("."):
-        if not hasattr(node, "keys") or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
 def row_config(overrides):
     """The pretraining config with ``overrides`` (KEY VALUE list), validated.
 
     Returns (cfg, notes). Raises KeyError/ValueError (the row is then "unsupported") when
-    the current code rejects the config; keys in FALLBACKS are translated when missing."""
-    cfg, opts, notes = get_pretrain_cfg(), [], []
-    for key, value in zip(overrides[::2], overrides[1::2]):
-        if not _has_key(cfg, key) and (key, str(value)) in FALLBACKS:
-            opts += FALLBACKS[(key, str(value))]
-            notes.append(f"{key} {value!r} -> {FALLBACKS[(key, str(value))] or 'default'}")
-        else:
-            opts += [key, str(value)]
-    cfg.merge_from_list(opts)
-    validate_cfg(cfg)
-    cfg.freeze()
-    return cfg, notes
+    the config is rejected."""
+    return load_cfg("", [str(x) for x in overrides]), []
 
 
 def _peak_mem_gib(device):

@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from .presets import GPU_DETECT_CFG_FALLBACK, PRESETS, ROOT, Preset
+from .presets import PRESETS, ROOT, Preset
 
 logger = logging.getLogger("demo")
 STAGES = ("data", "pretrain", "knn", "convert", "detect", "report")
@@ -97,50 +97,12 @@ def make_data(out: str, preset: Preset, seed: int) -> dict:
     return info
 
 
-def _pairs(opts) -> list:
-    return [(opts[i], opts[i + 1]) for i in range(0, len(opts), 2)]
-
-
-def compat_pretrain_opts(opts) -> list:
-    """``opts`` for the pretraining config of this checkout: ``INPUT.PIPELINE device`` (batched
-    augmentation on the training device) becomes ``INPUT.BATCHED_AUG True`` where the config
-    has no ``INPUT.PIPELINE`` key yet. Other pairs pass through unchanged."""
-    from pretrain.config import get_pretrain_cfg
-
-    if "PIPELINE" in get_pretrain_cfg().INPUT:
-        return list(opts)
-    out = []
-    for key, value in _pairs(opts):
-        if key == "INPUT.PIPELINE":
-            if value != "device":
-                raise ValueError(
-                    f"INPUT.PIPELINE {value!r}: this checkout's pretraining config only has "
-                    "INPUT.BATCHED_AUG; use INPUT.PIPELINE device or INPUT.BATCHED_AUG"
-                )
-            key, value = "INPUT.BATCHED_AUG", "True"
-        out += [key, value]
-    return out
-
-
-def detect_config_of(preset: Preset) -> tuple:
-    """``(config file, extra overrides)`` for the preset's detector: the preset's config, or,
-    when that is the one-GPU VOC config and it is not in this checkout, the 8-GPU VOC config
-    (the preset's own overrides set the one-GPU batch, lr and schedule explicitly)."""
-    cfg = preset.detect_config
-    if not os.path.isfile(cfg) and os.path.basename(cfg).endswith("_1gpu.yaml"):
-        logger.info(
-            "%s not found: using %s with the preset's overrides", cfg, GPU_DETECT_CFG_FALLBACK
-        )
-        return GPU_DETECT_CFG_FALLBACK, []
-    return cfg, []
-
-
 def pretrain_opts(out: str, preset: Preset, data: dict, seed: int) -> list:
     """Overrides of the preset's pretraining config for this demo folder."""
     train, val = os.path.join(data["cls"], "train"), os.path.join(data["cls"], "val")
     # fmt: off
     return [
-        *compat_pretrain_opts(preset.pretrain_opts),
+        *preset.pretrain_opts,
         "DATA.TRAIN", train,
         "DATA.KNN_TRAIN", train,
         "DATA.KNN_VAL", val,
@@ -225,7 +187,7 @@ def run_detection(out: str, weights: dict, voc: str, preset: Preset, seeds) -> d
 
     from detection.summary import load_summary
 
-    config, extra = detect_config_of(preset)
+    config = preset.detect_config
     procs, relays = {}, []
     try:
         for name, w in weights.items():
@@ -242,7 +204,6 @@ def run_detection(out: str, weights: dict, voc: str, preset: Preset, seeds) -> d
                 *preset.trial_args,
                 "MODEL.WEIGHTS", w,
                 "TRANSFER.VOC_LIKE_ROOT", voc,
-                *extra,
                 *preset.detection_opts,
             ]
             # fmt: on

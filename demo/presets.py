@@ -10,12 +10,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_PRETRAIN_CFG = os.path.join(ROOT, "configs", "pretrain", "tiny_synthetic.yaml")
 TINY_DETECT_CFG = os.path.join(ROOT, "configs", "detection", "tiny_synthetic.yaml")
 GPU_PRETRAIN_CFG = os.path.join(ROOT, "configs", "pretrain", "moco_v2_200ep.yaml")
-# The one-GPU VOC config (IMS_PER_BATCH 16 on one GPU). Until it is in the tree the 8-GPU
-# config is used with the same batch set explicitly (see pipeline.detect_config_of).
+# The one-GPU VOC config: IMS_PER_BATCH 16 on one GPU.
 GPU_DETECT_CFG = os.path.join(ROOT, "configs", "detection", "pascal_voc_R_50_C4_24k_moco_1gpu.yaml")
-GPU_DETECT_CFG_FALLBACK = os.path.join(
-    ROOT, "configs", "detection", "pascal_voc_R_50_C4_24k_moco.yaml"
-)
 
 
 @dataclass(frozen=True)
@@ -150,9 +146,7 @@ PRESETS = {
         pretrain_config=GPU_PRETRAIN_CFG,
         pretrain_opts=(
             "MODEL.DEVICE", "cuda",
-            "INPUT.PIPELINE", "device",
-            "INPUT.LOAD_SIZE", "256",
-            "DATA.CACHE_DECODED", "True",
+            "INPUT.PIPELINE", "device",  # workers read bytes; JPEGs decoded on the GPU
             "DATA.NUM_WORKERS", "8",
             "SOLVER.BATCH_SIZE", "256",
             "SOLVER.EPOCHS", "60",  # 18 steps each: 1,080 steps, 276,480 pairs

@@ -92,7 +92,7 @@ def test_gpu_preset_configs_build_and_fit_the_budget(tmp_path):
     check what it relies on."""
     from detectron2.config import get_cfg
 
-    from demo.pipeline import compat_pretrain_opts, detect_config_of, pretrain_opts
+    from demo.pipeline import pretrain_opts
     from demo.presets import PRESETS, default_preset_name
     from detection.config import add_moco_detection_config
     from pretrain.config import load_cfg
@@ -102,17 +102,14 @@ def test_gpu_preset_configs_build_and_fit_the_budget(tmp_path):
     cfg = load_cfg(gpu.pretrain_config, pretrain_opts(str(tmp_path), gpu, data, 0))
     assert cfg.MODEL.WIDTH_PER_GROUP == 64 and cfg.INPUT.SIZE == 224
     assert cfg.MODEL.DEVICE == "cuda" and cfg.SOLVER.BATCH_SIZE == 256
-    assert "INPUT.PIPELINE" in gpu.pretrain_opts
-    opts = dict(zip(*[iter(compat_pretrain_opts(gpu.pretrain_opts))] * 2))
-    assert opts.get("INPUT.PIPELINE", "device") == "device" or opts["INPUT.BATCHED_AUG"] == "True"
+    assert cfg.INPUT.PIPELINE == "device"
     images = gpu.num_classes * gpu.train_per_class
     assert cfg.MODEL.K < images and cfg.MODEL.K % cfg.SOLVER.BATCH_SIZE == 0
 
-    config, extra = detect_config_of(gpu)
     dcfg = get_cfg()
     add_moco_detection_config(dcfg)
-    dcfg.merge_from_file(config)
-    dcfg.merge_from_list([*extra, *gpu.detection_opts, "TRANSFER.VOC_LIKE_ROOT", data["voc"]])
+    dcfg.merge_from_file(gpu.detect_config)
+    dcfg.merge_from_list([*gpu.detection_opts, "TRANSFER.VOC_LIKE_ROOT", data["voc"]])
     assert dcfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm"
     assert dcfg.MODEL.RESNETS.WIDTH_PER_GROUP == 64 and dcfg.MODEL.DEVICE == "cuda"
     assert dcfg.SOLVER.IMS_PER_BATCH == 16 and dcfg.SOLVER.AMP.ENABLED
