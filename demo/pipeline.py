@@ -126,18 +126,19 @@ def run_pretrain(config: str, opts: list) -> str:
 def knn_random_vs_trained(config: str, opts: list, checkpoint: str, device: str = "cpu") -> dict:
     """Weighted kNN top-1 (%) of the query encoder at its random init (the same seed and code
     path as pretraining starts from) and after pretraining."""
-    from evaluation.knn import knn_accuracy
     from pretrain.builder import build_moco
-    from pretrain.checkpoint import load_checkpoint
+    from pretrain.checkpoint import load_moco
     from pretrain.config import load_cfg
+    from pretrain.knn import knn_accuracy
 
     cfg = load_cfg(config, opts)
     result = {}
     for name in ("random_init", "moco"):
-        torch.manual_seed(cfg.SEED)
-        model = build_moco(cfg)
         if name == "moco":
-            model.load_state_dict(load_checkpoint(checkpoint)["model"])
+            model, _ = load_moco(checkpoint)  # every weight and buffer comes from the file
+        else:
+            torch.manual_seed(cfg.SEED)
+            model = build_moco(cfg)
         model.to(device)
         acc = knn_accuracy(
             model.encoder_q,

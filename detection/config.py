@@ -18,6 +18,9 @@ COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
 SGD_IMPLS = ("foreach", "fused", "for-loop")
 TF32_MODES = ("", "on", "off")
 AMP_DTYPES = ("float16", "bfloat16")
+# Class names of the generated synthetic VOC-format set, in label order (equal to
+# synthetic.DET_CLASSES; synthetic builds on detection, not the other way round).
+SYNTHETIC_DET_CLASSES = ("disk", "square", "triangle", "star", "cross", "ring")
 
 # Norms that synchronise statistics across processes; they only mean something with a
 # process group, so one process uses plain BN instead (see `resolve_single_process`).
@@ -48,8 +51,9 @@ def add_moco_detection_config(cfg):
     _C.TRANSFER.VOC_LIKE_ROOT = ""
     # Prefix of the data set names registered from VOC_LIKE_ROOT.
     _C.TRANSFER.VOC_LIKE_PREFIX = "synth"
-    # Class names of the VOC_LIKE_ROOT set, in label order. Empty: synthetic.DET_CLASSES.
-    _C.TRANSFER.VOC_LIKE_CLASSES = []
+    # Class names of the VOC_LIKE_ROOT set, in label order; the default is the generated
+    # synthetic set's.
+    _C.TRANSFER.VOC_LIKE_CLASSES = list(SYNTHETIC_DET_CLASSES)
     # Root of the real PASCAL VOC (holding VOC2007/ and VOC2012/). Empty: detectron2's own
     # registration under $DETECTRON2_DATASETS (default "datasets") is used as it is.
     _C.TRANSFER.VOC_ROOT = ""

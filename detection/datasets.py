@@ -152,9 +152,10 @@ def register_from_config(cfg):
     if cfg.TRANSFER.VOC_LIKE_ROOT:
         classes = list(cfg.TRANSFER.VOC_LIKE_CLASSES)
         if not classes:
-            from synthetic import DET_CLASSES  # the generated set's names, only when needed
-
-            classes = list(DET_CLASSES)
+            raise ValueError(
+                "TRANSFER.VOC_LIKE_CLASSES is empty: give the class names of "
+                f"TRANSFER.VOC_LIKE_ROOT={cfg.TRANSFER.VOC_LIKE_ROOT!r} in label order"
+            )
         prefix, root = cfg.TRANSFER.VOC_LIKE_PREFIX, cfg.TRANSFER.VOC_LIKE_ROOT
         names += register_voc_like(prefix, root, classes)
     return names

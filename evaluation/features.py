@@ -24,8 +24,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from detectron2.utils.file_io import PathManager
 from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
 
-from .knn import backbone_features
+from pretrain.augment import eval_transform
+from pretrain.knn import backbone_features, knn_classify
 
 __all__ = [
     "backbone_hash",
@@ -208,14 +210,8 @@ def evaluate_cached(
     Inputs: a frozen torchvision ResNet and :func:`backbone_hash` of its weights; ImageFolder
     root; ``head_kwargs`` go to :func:`train_head_on_features` (epochs, lr, milestones, ...).
     Output: ``{"top1", "top5", "train_loss", "knn_top1", "history"}``; kNN uses
-    :func:`evaluation.knn.knn_classify` on the L2-normalised cached features.
+    :func:`pretrain.knn.knn_classify` on the L2-normalised cached features.
     """
-    from torchvision.datasets import ImageFolder
-
-    from pretrain.augment import eval_transform
-
-    from .knn import knn_classify
-
     tf = eval_transform(crop_size)
     splits = {s: ImageFolder(os.path.join(data_root, s), tf) for s in ("train", "val")}
     if splits["train"].classes != splits["val"].classes:

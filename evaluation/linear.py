@@ -33,6 +33,9 @@ from detectron2.utils.file_io import PathManager
 from torch.utils.data import DataLoader, DistributedSampler
 
 from convert import FORMATS, check_resnet50, load_backbone
+from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from pretrain.distributed import select_device
+from pretrain.knn import backbone_features
 from pretrain.logs import setup_named_logger
 
 from .features import (
@@ -42,7 +45,6 @@ from .features import (
     make_linear_head,
     topk_accuracy,
 )
-from .knn import backbone_features
 
 logger = logging.getLogger("evaluation.linear")  # not __name__: "__main__" under -m
 LAST = "last.pth"
@@ -150,8 +152,6 @@ def check_backbone_unchanged(backbone: nn.Module, reference: dict[str, torch.Ten
 
 def build_loaders(args, world: int, rank: int):
     """ImageFolder train (RandomResizedCrop + flip) and val (resize + center crop) loaders."""
-    from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-
     train_tf = T.Compose(
         [
             T.RandomResizedCrop(args.crop_size),
@@ -279,9 +279,7 @@ def _resume(args, head, optimizer, key: str) -> int:
 def run(args) -> dict:
     """One process of the linear evaluation; returns the results dict (also results.json)."""
     world, rank = comm.get_world_size(), comm.get_rank()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        device = torch.device("cuda", comm.get_local_rank())
+    device = select_device(args.device)  # on CUDA: this process's GPU (set by launch)
     PathManager.mkdirs(args.output_dir)
     for name in ("evaluation", "convert"):
         setup_named_logger(args.output_dir, distributed_rank=rank, name=name)

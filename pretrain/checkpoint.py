@@ -19,6 +19,9 @@ import torch
 import torch.nn as nn
 from detectron2.utils.file_io import PathManager  # iopath, with detectron2's handlers
 
+from .builder import build_moco
+from .config import get_pretrain_cfg
+
 logger = logging.getLogger(__name__)
 FORMAT = "moco-detectron2/pretrain/v1"
 LAST = "last.pth"
@@ -183,6 +186,21 @@ def load_checkpoint(path: str) -> dict:
             "reference-release files must be converted or loaded with strict key mapping"
         )
     return ckpt
+
+
+def load_moco(path: str) -> Tuple[nn.Module, dict]:
+    """The MoCo model of a pretraining checkpoint, built from the config stored in it.
+
+    Input: a file written by :func:`save_checkpoint`. Output: ``(model, ckpt)`` with the model
+    on the CPU, weights loaded strictly, and the checkpoint dict (``epoch``, ``cfg``...).
+    Raises as :func:`load_checkpoint`.
+    """
+    ckpt = load_checkpoint(path)
+    cfg = get_pretrain_cfg()
+    cfg.merge_from_other_cfg(cfg.load_cfg(ckpt["cfg"]))
+    model = build_moco(cfg)
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt
 
 
 def _periodic(output_dir: str) -> list:

@@ -40,6 +40,7 @@ from .data import build_train_dataset, build_train_loader, sample_seed
 from .device_input import DeviceInput
 from .distributed import maybe_init_from_env, select_device
 from .engine import LoopContext, ProgressPrinter, loss_limit, train_one_epoch
+from .knn import knn_accuracy
 from .logs import setup_named_logger
 
 logger = logging.getLogger("pretrain.train_net")  # also when run as __main__
@@ -113,8 +114,6 @@ def _check_inputs(cfg, world: int) -> None:
 
 
 def _knn(cfg, model, ctx, storage, epoch: int) -> float:
-    from evaluation.knn import knn_accuracy
-
     acc = knn_accuracy(
         unwrap(model).encoder_q,
         cfg.DATA.KNN_TRAIN,

@@ -8,7 +8,7 @@ import yaml
 from det_helpers import CONFIG_DIR, TINY_CONFIG, load_cfg
 
 import synthetic
-from detection.config import resolve_single_process
+from detection.config import SYNTHETIC_DET_CLASSES, resolve_single_process
 
 CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, "*.yaml")))
 VOC_MOCO = os.path.join(CONFIG_DIR, "pascal_voc_R_50_C4_24k_moco.yaml")
@@ -182,3 +182,9 @@ def test_one_gpu_variants_keep_the_whole_recipe_and_bn_over_16_images(variant):
     t = one.TRANSFER
     assert (t.CHANNELS_LAST, t.COMPILE_RES5, t.TF32, t.PAD_SIZE_DIVISIBILITY) == (False, "", "", 0)
     assert (one.SOLVER.AMP.ENABLED, one.CUDNN_BENCHMARK, t.SGD_IMPL) == (False, False, "foreach")
+
+
+def test_detection_knows_the_synthetic_class_names():
+    """detection does not import synthetic: its default and the tiny config list the names."""
+    assert tuple(SYNTHETIC_DET_CLASSES) == tuple(synthetic.DET_CLASSES)
+    assert tuple(load_cfg(TINY_CONFIG).TRANSFER.VOC_LIKE_CLASSES) == tuple(synthetic.DET_CLASSES)

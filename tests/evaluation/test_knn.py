@@ -2,11 +2,21 @@
 
 import json
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from evaluation.knn import extract_features, knn_classify, main
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One torch thread, as for the pretraining tests (tests/pretrain/conftest.py says why)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def test_knn_separates_clusters():
