@@ -35,10 +35,10 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import HookBase, hooks  # noqa: E402
 
-from detection.config import add_moco_detection_config, resolve_single_process  # noqa: E402
+from common.io import atomic_write_json  # noqa: E402
+from detection.config import load_cfg, resolve_single_process  # noqa: E402
 from detection.datasets import register_from_config  # noqa: E402
 from detection.train_net import Trainer  # noqa: E402
 
@@ -110,9 +110,7 @@ def build_cfg(config_file, data_root, device, batch, workers, iters, overrides=(
     for one process. Returns the (unfrozen) config and the notes of the adjustments."""
     with open(os.path.join(data_root, "classes.json")) as f:
         classes = json.load(f)
-    cfg = get_cfg()
-    add_moco_detection_config(cfg)
-    cfg.merge_from_file(config_file)
+    cfg = load_cfg(config_file)
     cfg.merge_from_list(
         [
             "MODEL.DEVICE", device,
@@ -317,10 +315,7 @@ def format_table(rows):
 def write_json(result, path):
     """Write ``result`` to ``path`` (nothing when empty) via a temporary file. Returns None."""
     if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(path + ".tmp", path)
+        atomic_write_json(path, result, indent=2)
 
 
 def get_parser():

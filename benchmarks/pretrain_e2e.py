@@ -40,6 +40,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from common.io import atomic_write_json  # noqa: E402
 from pretrain.config import load_cfg  # noqa: E402
 
 # Targets for one GPU (H100-class), from the pretraining speed plan.
@@ -47,6 +48,7 @@ E2E_TARGET = 3500.0  # pairs/s end to end at per-GPU batch 256 with split BN ...
 E2E_MAX_DATA_WAIT = 5.0  # ... with data wait below this many percent
 STEP32_TARGET = 1500.0  # pairs/s at per-GPU batch 32
 LOADER_TARGET = 500.0  # images/s of the per-image PIL path with 16 workers
+
 
 def _write_one(job):
     path, seed, width, height, quality = job
@@ -273,10 +275,7 @@ def format_table(rows):
 def write_json(result, path):
     """Write ``result`` to ``path`` (nothing when empty) via a temporary file. Returns None."""
     if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(path + ".tmp", path)
+        atomic_write_json(path, result, indent=2)
 
 
 def get_parser():

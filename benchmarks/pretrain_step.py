@@ -24,7 +24,6 @@ Examples::
 """
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -38,6 +37,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from common.io import atomic_write_json  # noqa: E402
 from pretrain.augment import BatchedMocoAug, TwoCropsTransform, moco_transform  # noqa: E402
 from pretrain.builder import (  # noqa: E402
     COMPILE_MODES,
@@ -47,6 +47,7 @@ from pretrain.builder import (  # noqa: E402
 )
 from pretrain.config import get_pretrain_cfg  # noqa: E402
 from pretrain.data import LoadAsUint8  # noqa: E402
+from pretrain.distributed import select_device  # noqa: E402
 from pretrain.train_net import build_optimizer  # noqa: E402
 
 
@@ -218,7 +219,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = select_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     rows = {
@@ -249,9 +250,7 @@ def main(argv=None) -> dict:
         "rows": rows,
     }
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        atomic_write_json(args.out, result, indent=2)
     return result
 
 

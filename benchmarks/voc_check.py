@@ -16,7 +16,6 @@ Example::
 
 import argparse
 import concurrent.futures
-import json
 import os
 import shutil
 import sys
@@ -28,6 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from common.io import atomic_write_json  # noqa: E402
 from detection import voc_check  # noqa: E402
 
 CLASSES = ("disk", "square", "triangle", "star", "cross", "ring")
@@ -138,9 +138,7 @@ def main(argv=None):
     for name, sec in rows.items():
         print(f"{name:34s} {sec:8.3f} {1e6 * sec / args.images:9.1f}")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        atomic_write_json(args.out, result, indent=2)
     return result
 
 

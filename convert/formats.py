@@ -26,6 +26,9 @@ from typing import Any, Mapping
 import torch
 from detectron2.utils.file_io import PathManager
 
+# The tag pretraining writes into its checkpoints; defined once, by the writer.
+from pretrain.checkpoint import FORMAT as PRETRAIN_FORMAT_TAG
+
 __all__ = [
     "FORMATS",
     "PRETRAIN_FORMAT_TAG",
@@ -38,7 +41,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PRETRAIN_FORMAT_TAG = "moco-detectron2/pretrain/v1"
 FORMATS = ("auto", "moco-detectron2", "moco", "torchvision")
 # Encoder prefixes tried in order by auto-detection; the first under which a stem is found wins.
 _FORMAT_PREFIXES = {

@@ -9,6 +9,8 @@ import time
 
 import torch
 
+from common.io import atomic_write_json
+
 from .presets import PRESETS, ROOT, Preset
 
 logger = logging.getLogger("demo")
@@ -56,9 +58,7 @@ def _hms(seconds: float) -> str:
 
 
 def _write_json(path: str, obj) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    atomic_write_json(path, obj, indent=2, sort_keys=True)
 
 
 def make_data(out: str, preset: Preset, seed: int) -> dict:

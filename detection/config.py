@@ -11,6 +11,7 @@ by ``detection.train_net.Trainer``; docs/detection_speed.md says what each one c
 import logging
 
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 logger = logging.getLogger("detection.config")
 
@@ -101,6 +102,21 @@ def add_moco_detection_config(cfg):
     # distinct batch shapes; padding to e.g. 128 leaves few, so CUDNN_BENCHMARK tunes each shape
     # once. More padding changes the BN statistics slightly (zeros after normalisation).
     _C.TRANSFER.PAD_SIZE_DIVISIBILITY = 0
+
+
+def load_cfg(config_file: str = "", opts=()):
+    """detectron2's defaults plus the ``TRANSFER`` node, merged with ``config_file`` (if any)
+    and the ``KEY VALUE`` list ``opts``.
+
+    Returns:
+        CfgNode: the config, not frozen (``resolve_single_process`` may still adjust it).
+    """
+    cfg = get_cfg()
+    add_moco_detection_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
 
 
 def resolve_single_process(cfg, world_size):

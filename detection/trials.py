@@ -40,8 +40,16 @@ import time
 
 from detectron2.utils.logger import setup_logger
 
+from detection.config import load_cfg
 from detection.launchers import pid_alive
-from detection.summary import METRICS, REFERENCES, aggregate, format_markdown, write_summary
+from detection.summary import (
+    FINAL_METRICS,
+    METRICS,
+    REFERENCES,
+    aggregate,
+    format_markdown,
+    write_summary,
+)
 
 logger = logging.getLogger("detection.trials")
 RESERVED_KEYS = ("OUTPUT_DIR", "SEED", "TRANSFER.TRIAL")  # set per trial by the runner
@@ -75,7 +83,7 @@ def read_final_metrics(output_dir):
     ``results.bbox.{AP50,AP,AP75}``: train_net writes it atomically, so such a file was damaged
     or edited later, and silently re-running the trial would hide that.
     """
-    path = os.path.join(output_dir, "final_metrics.json")
+    path = os.path.join(output_dir, FINAL_METRICS)
     try:
         with open(path) as f:
             text = f.read()
@@ -538,18 +546,6 @@ def build_parser():
     return p
 
 
-def _load_cfg(config_file, opts):
-    from detectron2.config import get_cfg
-
-    from detection.config import add_moco_detection_config
-
-    cfg = get_cfg()
-    add_moco_detection_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    return cfg
-
-
 def main(argv=None):
     """Command-line entry point (``moco-trials``). Returns the exit status: 0 when every trial
     finished, 1 when one failed twice, 2 when nothing was started (a trial is locked by another
@@ -562,7 +558,7 @@ def main(argv=None):
     os.makedirs(args.output_dir, exist_ok=True)
     setup_logger(output=os.path.join(args.output_dir, "trials.log"), name="detection")
     config_file = os.path.abspath(args.config_file)
-    cfg = _load_cfg(config_file, opts)  # fails early on a bad config or override
+    cfg = load_cfg(config_file, opts)  # fails early on a bad config or override
     reference = cfg.TRANSFER.REFERENCE if args.reference is None else args.reference
     reference = None if reference in ("", "none") else reference
     if reference and reference not in REFERENCES:

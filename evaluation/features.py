@@ -26,6 +26,7 @@ from detectron2.utils.file_io import PathManager
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
+from common.io import atomic_write
 from pretrain.augment import eval_transform
 from pretrain.knn import backbone_features, knn_classify
 
@@ -138,12 +139,8 @@ def cached_features(
             return data["features"], data["labels"]
         logger.warning("Ignoring cache file %s with a different key or format", path)
     feats, labels = extract_frozen_features(backbone, dataset, batch_size, workers, device)
-    PathManager.mkdirs(cache_dir)
-    tmp = path + ".tmp"
-    with PathManager.open(tmp, "wb") as f:
-        data = {"features": feats, "labels": labels, "classes": list(dataset.classes)}
-        torch.save({**data, "key": key, "format": CACHE_FORMAT}, f)
-    os.replace(PathManager.get_local_path(tmp), PathManager.get_local_path(path))
+    data = {"features": feats, "labels": labels, "classes": list(dataset.classes)}
+    atomic_write(path, lambda f: torch.save({**data, "key": key, "format": CACHE_FORMAT}, f))
     logger.info("Cached features %s (%s)", path, tuple(feats.shape))
     return feats, labels
 

@@ -26,12 +26,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 import torchvision.transforms as T
-from detectron2.engine import launch
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
 from detectron2.utils.file_io import PathManager
 from torch.utils.data import DataLoader, DistributedSampler
 
+from common.io import atomic_write
+from common.launch import add_launch_args, launch_from_args
 from convert import FORMATS, check_resnet50, load_backbone
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from pretrain.distributed import select_device
@@ -97,11 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fast sweep path: features once (cached in <output-dir>/features), no augmentation",
     )
-    p.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
-    p.add_argument("--num-machines", type=int, default=1)
-    p.add_argument("--machine-rank", type=int, default=0)
-    p.add_argument("--dist-url", default="auto", help="e.g. tcp://host:port for several machines")
-    return p
+    return add_launch_args(p)
 
 
 def load_backbone_model(args) -> tuple[nn.Module, dict[str, torch.Tensor]]:
@@ -251,9 +248,7 @@ def _save_last(args, head, optimizer, epoch: int, key: str, result: dict) -> Non
         "format": FORMAT,
     }
     path = os.path.join(args.output_dir, LAST)
-    with PathManager.open(path + ".tmp", "wb") as f:
-        torch.save(ckpt, f)
-    os.replace(path + ".tmp", path)
+    atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def _resume(args, head, optimizer, key: str) -> int:
@@ -374,14 +369,7 @@ def run(args) -> dict:
 def main(argv=None) -> dict | None:
     """CLI entry point: parse, then run on every process (detectron2 ``launch``)."""
     args = build_parser().parse_args(argv)
-    return launch(
-        run,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    return launch_from_args(run, args)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 from detectron2.utils.file_io import PathManager  # iopath, with detectron2's handlers
 
+from common.io import atomic_write
+
 from .builder import build_moco
 from .config import get_pretrain_cfg
 
@@ -99,26 +101,12 @@ def resume_hint(last_good: str) -> str:
     )
 
 
-def _fsync_dir(directory: str) -> None:
-    """Make a rename in ``directory`` durable (POSIX; a no-op where directories can't be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems (and Windows) refuse fsync on a directory
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str, model, optimizer, scaler, epoch: int, iteration: int, cfg) -> None:
     """Write a checkpoint to ``path`` atomically and durably.
 
-    The state goes to ``path.tmp``, which is flushed and fsync'ed, renamed over ``path`` with
-    ``os.replace`` and then the directory is fsync'ed: a kill or power loss at any moment
-    leaves either the previous file or the new one, never a torn one. Raises
+    Written with :func:`common.io.atomic_write` (temporary file, fsync, ``os.replace``, fsync of
+    the folder): a kill or power loss at any moment leaves either the previous file or the new
+    one, never a torn one. Raises
     :class:`CheckpointError` (and writes nothing) when the weights are non-finite or exploding
     (:func:`weights_problem`). Call on the main process only. ``model`` may be DDP-wrapped;
     ``scaler`` may be None.
@@ -140,17 +128,7 @@ def save_checkpoint(path: str, model, optimizer, scaler, epoch: int, iteration: 
         "rng": rng_state(),
         "format": FORMAT,
     }
-    PathManager.mkdirs(os.path.dirname(path) or ".")
-    tmp = path + ".tmp"
-    with PathManager.open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        if hasattr(f, "fileno"):  # local files; remote iopath handlers have their own commit
-            os.fsync(f.fileno())
-    local_tmp, local = PathManager.get_local_path(tmp), PathManager.get_local_path(path)
-    # A kill during the write leaves the previous file intact; os.replace is atomic on POSIX.
-    os.replace(local_tmp, local)
-    _fsync_dir(os.path.dirname(os.path.abspath(local)))
+    atomic_write(path, lambda f: torch.save(ckpt, f))
     logger.info("Saved checkpoint %s (epoch %d, iteration %d)", path, epoch, iteration)
 
 
