@@ -64,10 +64,6 @@ def add_moco_detection_config(cfg):
     # torch CPU threads per process when MODEL.DEVICE is "cpu" (0: torch's default). On a small
     # CPU shared with other jobs, 1 avoids OpenMP threads spin-waiting on each other.
     _C.TRANSFER.CPU_THREADS = 0
-    # "SGD" (detectron2's optimizer, the recipe's) or "AdamW" (same parameter groups, lr and
-    # weight decay; momentum unused). For experiments on small runs: at the demo's size AdamW
-    # was measured no better than SGD (docs/tiny_recipe.md), so every shipped config uses SGD.
-    _C.TRANSFER.OPTIMIZER = "SGD"
 
     # --- Speed options. Off (or detectron2's behaviour) by default unless numerically neutral;
     # the published-number comparison assumes the defaults (fp32 as in the reference).
