@@ -38,7 +38,11 @@ sys.path.insert(0, REPO)
 from detectron2.engine import HookBase, hooks  # noqa: E402
 
 from common.io import atomic_write_json  # noqa: E402
-from detection.config import load_cfg, resolve_single_process  # noqa: E402
+from detection.config import (  # noqa: E402
+    load_cfg,
+    resolve_single_process,
+    validate_speed_options,
+)
 from detection.datasets import register_from_config  # noqa: E402
 from detection.train_net import Trainer  # noqa: E402
 
@@ -244,8 +248,6 @@ def run_variant(name, args, data_root, profile_steps=0):
         cfg, notes = build_cfg(
             args.config, data_root, args.device, args.batch, args.workers, total, overrides
         )
-        from detection.config import validate_speed_options
-
         notes += validate_speed_options(cfg)
         # detectron2's default_setup applies CUDNN_BENCHMARK; the benchmark does not call it
         torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
@@ -312,13 +314,7 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def write_json(result, path):
-    """Write ``result`` to ``path`` (nothing when empty) via a temporary file. Returns None."""
-    if path:
-        atomic_write_json(path, result, indent=2)
-
-
-def get_parser():
+def build_parser():
     """The command-line parser (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="", help="cuda or cpu (default: cuda when available)")
@@ -374,7 +370,7 @@ def _defaults(args):
 
 def main(argv=None):
     """Run the benchmark; print the table (and the profile), write JSON, return the result."""
-    args = _defaults(get_parser().parse_args(argv))
+    args = _defaults(build_parser().parse_args(argv))
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = {}
@@ -403,7 +399,8 @@ def main(argv=None):
             rows[name] = run_variant(
                 name, args, data_root, profile_steps=args.profile_iters if args.profile else 0
             )
-            write_json(result, args.out)  # after every row: a killed run keeps what it measured
+            if args.out:  # after every row: a killed run keeps what it measured
+                atomic_write_json(args.out, result, indent=2)
     print(format_table(rows))
     for name, r in rows.items():
         if "profile_table" in r:

@@ -42,6 +42,8 @@ sys.path.insert(0, REPO)
 
 from common.io import atomic_write_json  # noqa: E402
 from pretrain.config import load_cfg  # noqa: E402
+from pretrain.data import build_train_dataset, build_train_loader  # noqa: E402
+from pretrain.train_net import train  # noqa: E402
 
 # Targets for one GPU (H100-class), from the pretraining speed plan.
 E2E_TARGET = 3500.0  # pairs/s end to end at per-GPU batch 256 with split BN ...
@@ -122,8 +124,6 @@ def _last_metrics(output_dir):
 def run_training_row(overrides, args, batch):
     """Run the real training loop with ``overrides``; returns the row dict (pairs_per_s,
     data_wait_pct, peak_mem_gib, notes) or {"unsupported"/"failed": message}."""
-    from pretrain.train_net import train
-
     out_dir = tempfile.mkdtemp(prefix="e2e_", dir=args.work_dir)
     steps = args.warmup + args.iters
     overrides = list(overrides) + ["OUTPUT_DIR", out_dir, "SOLVER.MAX_ITERS_PER_EPOCH", steps]
@@ -171,8 +171,6 @@ def run_training_row(overrides, args, batch):
 def run_loader_row(overrides, args):
     """Images/s of the training loader alone (no model), over ``args.iters`` batches after
     ``args.warmup``. Returns the row dict."""
-    from pretrain.data import build_train_dataset, build_train_loader
-
     try:
         cfg, notes = row_config(overrides)
     except (KeyError, ValueError, AssertionError) as e:
@@ -272,13 +270,7 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def write_json(result, path):
-    """Write ``result`` to ``path`` (nothing when empty) via a temporary file. Returns None."""
-    if path:
-        atomic_write_json(path, result, indent=2)
-
-
-def get_parser():
+def build_parser():
     """The command-line parser (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="", help="cuda or cpu (default: cuda when available)")
@@ -326,7 +318,7 @@ def _defaults(args):
 
 def main(argv=None):
     """Run the benchmark; print the table, write JSON, return the result dict."""
-    args = _defaults(get_parser().parse_args(argv))
+    args = _defaults(build_parser().parse_args(argv))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda":
@@ -364,7 +356,8 @@ def main(argv=None):
             # the targets are for one GPU at full size: a tiny CPU run is not compared
             row["target_status"] = "" if args.tiny else target_status(row, target)
             rows[name] = row
-            write_json(result, args.out)  # after every row: a killed run keeps what it measured
+            if args.out:  # after every row: a killed run keeps what it measured
+                atomic_write_json(args.out, result, indent=2)
     print(format_table(rows))
     return result
 

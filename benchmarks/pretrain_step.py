@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.io import decode_jpeg
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -167,8 +168,6 @@ def bench_data(args, device, paths) -> dict:
     results["data/batched"] = len(paths) / (time.perf_counter() - t)
 
     if device.type == "cuda":
-        from torchvision.io import decode_jpeg
-
         side = int(round(args.size * 1.15))
         _sync(device)
         t = time.perf_counter()

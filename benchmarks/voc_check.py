@@ -27,6 +27,8 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from detectron2.data.datasets.pascal_voc import load_voc_instances  # noqa: E402
+
 from common.io import atomic_write_json  # noqa: E402
 from detection import voc_check  # noqa: E402
 
@@ -99,8 +101,6 @@ def main(argv=None):
     p.add_argument("--threads", type=int, nargs="+", default=[2, 4, 8])
     p.add_argument("--out", default=None, help="JSON file for the results")
     args = p.parse_args(argv)
-    from detectron2.data.datasets.pascal_voc import load_voc_instances
-
     tmp = tempfile.mkdtemp(prefix="voc_check_bench_")
     try:
         d = make_split(tmp, args.images)

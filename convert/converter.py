@@ -14,7 +14,7 @@ import torch
 from common.io import OutputExistsError, atomic_write
 
 from .formats import Extracted, extract_backbone
-from .structure import ResNetShape, check_resnet50
+from .structure import ResNetShape, ResNetStructureError, check_resnet50
 
 __all__ = [
     "AUTHOR",
@@ -105,8 +105,6 @@ def convert_checkpoint(
     Raises ``CheckpointFormatError`` / ``ResNetStructureError`` (with ``where`` in the message)
     instead of returning an empty or partial model.
     """
-    from .structure import ResNetStructureError
-
     ext = extract_backbone(obj, fmt=fmt, prefix=prefix, where=where)
     try:
         shape = check_resnet50(ext.backbone)

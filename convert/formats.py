@@ -29,6 +29,8 @@ from detectron2.utils.file_io import PathManager
 # The tag pretraining writes into its checkpoints; defined once, by the writer.
 from pretrain.checkpoint import FORMAT as PRETRAIN_FORMAT_TAG
 
+from .structure import ResNetStructureError, check_resnet50
+
 __all__ = [
     "FORMATS",
     "PRETRAIN_FORMAT_TAG",
@@ -267,8 +269,6 @@ def load_backbone(
     (of the detected width) with only ``fc.*`` missing. Raises :class:`CheckpointFormatError`
     or :class:`convert.structure.ResNetStructureError`, with ``path`` in the message.
     """
-    from .structure import ResNetStructureError, check_resnet50
-
     ext = extract_backbone(load_checkpoint_file(path), fmt=fmt, prefix=prefix, where=path)
     try:
         check_resnet50(ext.backbone)

@@ -5,6 +5,9 @@ import json
 import logging
 import math
 import os
+import subprocess
+import sys
+import threading
 import time
 
 import torch
@@ -13,6 +16,8 @@ from common.io import atomic_write_json
 
 from .presets import PRESETS, ROOT, Preset
 
+# Each stage imports the packages it drives when it runs, so that ``import demo`` and
+# ``moco-demo --help`` stay light (detectron2's training stack, matplotlib, OpenCV).
 logger = logging.getLogger("demo")
 STAGES = ("data", "pretrain", "knn", "convert", "detect", "report")
 
@@ -168,8 +173,6 @@ def convert_to_d2(checkpoint: str, pkl: str) -> str:
 
 def _relay_lines(stream, prefix: str) -> None:
     """Copy ``stream`` to this process's stdout line by line, each line prefixed."""
-    import sys
-
     for line in stream:
         sys.stdout.write(prefix + line)
         sys.stdout.flush()
@@ -182,10 +185,6 @@ def run_detection(out: str, weights: dict, voc: str, preset: Preset, seeds) -> d
     without slowing each other much; on one GPU the two inits share it. Returns the loaded
     summaries by name. Finished trials are kept, so a rerun continues where an interrupted one
     stopped."""
-    import subprocess
-    import sys
-    import threading
-
     from detection.summary import load_summary
 
     config = preset.detect_config

@@ -17,7 +17,7 @@ import time
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES
 
-from detection.voc_check import (
+from .voc_check import (
     BORDER_TOLERANCE_PX,
     VOCAnnotationError,
     format_problems,

@@ -22,18 +22,19 @@ from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils.logger import setup_logger
 
-import detection  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 from common.io import atomic_write_json
 from common.launch import launch_from_args
-from detection.config import (
+
+from . import roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
+from .config import (
     SGD_IMPLS,
     load_cfg,
     resolve_single_process,
     validate_speed_options,
 )
-from detection.datasets import check_datasets, register_from_config
-from detection.launchers import watch_runner
-from detection.summary import FINAL_METRICS
+from .datasets import check_datasets, register_from_config
+from .launchers import watch_runner
+from .summary import FINAL_METRICS
 
 logger = logging.getLogger("detection.train_net")  # not __name__: "__main__" under -m
 

@@ -38,11 +38,12 @@ import sys
 import threading
 import time
 
+import torch
 from detectron2.utils.logger import setup_logger
 
-from detection.config import load_cfg
-from detection.launchers import pid_alive
-from detection.summary import (
+from .config import load_cfg
+from .launchers import LocalLauncher, SlurmLauncher, pid_alive
+from .summary import (
     FINAL_METRICS,
     METRICS,
     REFERENCES,
@@ -176,7 +177,7 @@ class TrialLock:
         Returns:
             dict or None: the previous owner's record when a stale lock was taken over.
         """
-        import fcntl
+        import fcntl  # POSIX only: imported where a lock is taken, so the module imports anywhere
 
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         host, deadline = socket.gethostname(), time.time() + wait_s
@@ -476,8 +477,6 @@ def visible_gpus():
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [g for g in env.split(",") if g.strip()]
-    import torch
-
     return list(range(torch.cuda.device_count()))
 
 
@@ -571,8 +570,6 @@ def main(argv=None):
         {"trial": i, "seed": s, "output_dir": trial_dir(out_dir, i, s)} for i, s in enumerate(seeds)
     ]
     if args.slurm:
-        from detection.launchers import SlurmLauncher
-
         launcher = SlurmLauncher(
             os.path.join(out_dir, "slurm"),
             args.gpus_per_trial,
@@ -584,8 +581,6 @@ def main(argv=None):
         )
         slots = [None] * len(trials)  # SLURM places the jobs
     else:
-        from detection.launchers import LocalLauncher
-
         launcher, slots = LocalLauncher(), make_slots(visible_gpus(), args.gpus_per_trial)
 
     def command(t):

@@ -49,7 +49,7 @@ from .logs import setup_named_logger
 logger = logging.getLogger("pretrain.train_net")  # also when run as __main__
 
 
-def get_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     """detectron2-style arguments plus resume controls; trailing ``KEY VALUE`` overrides."""
     p = argparse.ArgumentParser(description="MoCo v1/v2 pretraining")
     p.add_argument("--config-file", default="", metavar="FILE", help="YAML under configs/pretrain")
@@ -306,7 +306,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> None:
     """Console script ``moco-pretrain``: torchrun-aware launch of :func:`run`."""
-    args = get_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if maybe_init_from_env():
         run(args)  # torchrun already started one process per GPU
         return
