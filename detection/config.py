@@ -102,11 +102,8 @@ def add_moco_detection_config(cfg):
 
 def load_cfg(config_file: str = "", opts=()):
     """detectron2's defaults plus the ``TRANSFER`` node, merged with ``config_file`` (if any)
-    and the ``KEY VALUE`` list ``opts``.
-
-    Returns:
-        CfgNode: the config, not frozen (``resolve_single_process`` may still adjust it).
-    """
+    and the ``KEY VALUE`` list ``opts``. Returns the CfgNode, not frozen
+    (:func:`resolve_single_process` may still adjust it)."""
     cfg = get_cfg()
     add_moco_detection_config(cfg)
     if config_file:

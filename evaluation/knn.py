@@ -21,7 +21,14 @@ from pretrain.checkpoint import load_moco
 from pretrain.distributed import select_device
 from pretrain.knn import backbone_features, extract_features, knn_accuracy, knn_classify
 
-__all__ = ["backbone_features", "extract_features", "knn_accuracy", "knn_classify", "main"]
+__all__ = [
+    "backbone_features",
+    "build_parser",
+    "extract_features",
+    "knn_accuracy",
+    "knn_classify",
+    "main",
+]
 
 logger = logging.getLogger("evaluation.knn")  # also when run as __main__
 
@@ -37,9 +44,9 @@ def _load_encoder(args) -> nn.Module:
     return build_encoder_factory(args.arch, **kwargs)(num_classes=128)
 
 
-def main(argv=None) -> dict:
-    """CLI: weighted kNN top-1 of a pretraining checkpoint (or random init) on an ImageFolder."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``moco-knn``."""
+    p = argparse.ArgumentParser(prog="moco-knn", description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", default="", help="pretraining checkpoint (.pth)")
     src.add_argument("--random-init", action="store_true", help="evaluate a random-init encoder")
@@ -53,7 +60,12 @@ def main(argv=None) -> dict:
     p.add_argument("--workers", type=int, default=4, help="data loader processes")
     p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-init encoder")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> dict:
+    """CLI: weighted kNN top-1 of a pretraining checkpoint (or random init) on an ImageFolder."""
+    args = build_parser().parse_args(argv)
     setup_logger(name="evaluation")
     device = select_device(args.device)
     encoder = _load_encoder(args).to(device)
