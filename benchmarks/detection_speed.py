@@ -39,6 +39,7 @@ from detectron2.engine import HookBase, hooks  # noqa: E402
 
 from common.io import atomic_write_json  # noqa: E402
 from detection.config import (  # noqa: E402
+    SYNTHETIC_DET_CLASSES,
     load_cfg,
     resolve_single_process,
     validate_speed_options,
@@ -101,10 +102,7 @@ def make_data(root, images, test_images, min_side, max_side, seed=0):
             max_side=max_side,
         )
     if not os.path.exists(os.path.join(root, "classes.json")):
-        import synthetic
-
-        with open(os.path.join(root, "classes.json"), "w") as f:
-            json.dump(list(synthetic.DET_CLASSES), f)
+        atomic_write_json(os.path.join(root, "classes.json"), list(SYNTHETIC_DET_CLASSES))
     return root
 
 
