@@ -8,7 +8,15 @@ setup(
     description="MoCo v2 pretraining, conversion to Detectron2 R50-C4 and multi-seed VOC transfer",
     python_requires=">=3.10",
     packages=find_packages(
-        include=["pretrain*", "convert*", "detection*", "evaluation*", "synthetic*", "demo*"]
+        include=[
+            "common*",
+            "pretrain*",
+            "convert*",
+            "detection*",
+            "evaluation*",
+            "synthetic*",
+            "demo*",
+        ]
     ),
     include_package_data=True,
     # Minimums only: the exact versions for the reference platform live in

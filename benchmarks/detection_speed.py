@@ -35,10 +35,15 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import HookBase, hooks  # noqa: E402
 
-from detection.config import add_moco_detection_config, resolve_single_process  # noqa: E402
+from common.io import atomic_write_json  # noqa: E402
+from detection.config import (  # noqa: E402
+    SYNTHETIC_DET_CLASSES,
+    load_cfg,
+    resolve_single_process,
+    validate_speed_options,
+)
 from detection.datasets import register_from_config  # noqa: E402
 from detection.train_net import Trainer  # noqa: E402
 
@@ -97,10 +102,7 @@ def make_data(root, images, test_images, min_side, max_side, seed=0):
             max_side=max_side,
         )
     if not os.path.exists(os.path.join(root, "classes.json")):
-        import synthetic
-
-        with open(os.path.join(root, "classes.json"), "w") as f:
-            json.dump(list(synthetic.DET_CLASSES), f)
+        atomic_write_json(os.path.join(root, "classes.json"), list(SYNTHETIC_DET_CLASSES))
     return root
 
 
@@ -110,9 +112,7 @@ def build_cfg(config_file, data_root, device, batch, workers, iters, overrides=(
     for one process. Returns the (unfrozen) config and the notes of the adjustments."""
     with open(os.path.join(data_root, "classes.json")) as f:
         classes = json.load(f)
-    cfg = get_cfg()
-    add_moco_detection_config(cfg)
-    cfg.merge_from_file(config_file)
+    cfg = load_cfg(config_file)
     cfg.merge_from_list(
         [
             "MODEL.DEVICE", device,
@@ -246,8 +246,6 @@ def run_variant(name, args, data_root, profile_steps=0):
         cfg, notes = build_cfg(
             args.config, data_root, args.device, args.batch, args.workers, total, overrides
         )
-        from detection.config import validate_speed_options
-
         notes += validate_speed_options(cfg)
         # detectron2's default_setup applies CUDNN_BENCHMARK; the benchmark does not call it
         torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
@@ -314,16 +312,7 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def write_json(result, path):
-    """Write ``result`` to ``path`` (nothing when empty) via a temporary file. Returns None."""
-    if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(path + ".tmp", path)
-
-
-def get_parser():
+def build_parser():
     """The command-line parser (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="", help="cuda or cpu (default: cuda when available)")
@@ -379,7 +368,7 @@ def _defaults(args):
 
 def main(argv=None):
     """Run the benchmark; print the table (and the profile), write JSON, return the result."""
-    args = _defaults(get_parser().parse_args(argv))
+    args = _defaults(build_parser().parse_args(argv))
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = {}
@@ -408,7 +397,8 @@ def main(argv=None):
             rows[name] = run_variant(
                 name, args, data_root, profile_steps=args.profile_iters if args.profile else 0
             )
-            write_json(result, args.out)  # after every row: a killed run keeps what it measured
+            if args.out:  # after every row: a killed run keeps what it measured
+                atomic_write_json(args.out, result, indent=2)
     print(format_table(rows))
     for name, r in rows.items():
         if "profile_table" in r:

@@ -40,13 +40,17 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from common.io import atomic_write_json  # noqa: E402
 from pretrain.config import load_cfg  # noqa: E402
+from pretrain.data import build_train_dataset, build_train_loader  # noqa: E402
+from pretrain.train_net import train  # noqa: E402
 
 # Targets for one GPU (H100-class), from the pretraining speed plan.
 E2E_TARGET = 3500.0  # pairs/s end to end at per-GPU batch 256 with split BN ...
 E2E_MAX_DATA_WAIT = 5.0  # ... with data wait below this many percent
 STEP32_TARGET = 1500.0  # pairs/s at per-GPU batch 32
 LOADER_TARGET = 500.0  # images/s of the per-image PIL path with 16 workers
+
 
 def _write_one(job):
     path, seed, width, height, quality = job
@@ -120,8 +124,6 @@ def _last_metrics(output_dir):
 def run_training_row(overrides, args, batch):
     """Run the real training loop with ``overrides``; returns the row dict (pairs_per_s,
     data_wait_pct, peak_mem_gib, notes) or {"unsupported"/"failed": message}."""
-    from pretrain.train_net import train
-
     out_dir = tempfile.mkdtemp(prefix="e2e_", dir=args.work_dir)
     steps = args.warmup + args.iters
     overrides = list(overrides) + ["OUTPUT_DIR", out_dir, "SOLVER.MAX_ITERS_PER_EPOCH", steps]
@@ -169,8 +171,6 @@ def run_training_row(overrides, args, batch):
 def run_loader_row(overrides, args):
     """Images/s of the training loader alone (no model), over ``args.iters`` batches after
     ``args.warmup``. Returns the row dict."""
-    from pretrain.data import build_train_dataset, build_train_loader
-
     try:
         cfg, notes = row_config(overrides)
     except (KeyError, ValueError, AssertionError) as e:
@@ -270,16 +270,7 @@ def format_table(rows):
     return "\n".join(lines)
 
 
-def write_json(result, path):
-    """Write ``result`` to ``path`` (nothing when empty) via a temporary file. Returns None."""
-    if path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(path + ".tmp", path)
-
-
-def get_parser():
+def build_parser():
     """The command-line parser (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="", help="cuda or cpu (default: cuda when available)")
@@ -327,7 +318,7 @@ def _defaults(args):
 
 def main(argv=None):
     """Run the benchmark; print the table, write JSON, return the result dict."""
-    args = _defaults(get_parser().parse_args(argv))
+    args = _defaults(build_parser().parse_args(argv))
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda":
@@ -365,7 +356,8 @@ def main(argv=None):
             # the targets are for one GPU at full size: a tiny CPU run is not compared
             row["target_status"] = "" if args.tiny else target_status(row, target)
             rows[name] = row
-            write_json(result, args.out)  # after every row: a killed run keeps what it measured
+            if args.out:  # after every row: a killed run keeps what it measured
+                atomic_write_json(args.out, result, indent=2)
     print(format_table(rows))
     return result
 

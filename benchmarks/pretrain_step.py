@@ -24,7 +24,6 @@ Examples::
 """
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -35,9 +34,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.io import decode_jpeg
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from common.io import atomic_write_json  # noqa: E402
 from pretrain.augment import BatchedMocoAug, TwoCropsTransform, moco_transform  # noqa: E402
 from pretrain.builder import (  # noqa: E402
     COMPILE_MODES,
@@ -47,6 +48,7 @@ from pretrain.builder import (  # noqa: E402
 )
 from pretrain.config import get_pretrain_cfg  # noqa: E402
 from pretrain.data import LoadAsUint8  # noqa: E402
+from pretrain.distributed import select_device  # noqa: E402
 from pretrain.train_net import build_optimizer  # noqa: E402
 
 
@@ -166,8 +168,6 @@ def bench_data(args, device, paths) -> dict:
     results["data/batched"] = len(paths) / (time.perf_counter() - t)
 
     if device.type == "cuda":
-        from torchvision.io import decode_jpeg
-
         side = int(round(args.size * 1.15))
         _sync(device)
         t = time.perf_counter()
@@ -218,7 +218,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = select_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     rows = {
@@ -249,9 +249,7 @@ def main(argv=None) -> dict:
         "rows": rows,
     }
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        atomic_write_json(args.out, result, indent=2)
     return result
 
 

@@ -16,7 +16,6 @@ Example::
 
 import argparse
 import concurrent.futures
-import json
 import os
 import shutil
 import sys
@@ -28,6 +27,9 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from detectron2.data.datasets.pascal_voc import load_voc_instances  # noqa: E402
+
+from common.io import atomic_write_json  # noqa: E402
 from detection import voc_check  # noqa: E402
 
 CLASSES = ("disk", "square", "triangle", "star", "cross", "ring")
@@ -99,8 +101,6 @@ def main(argv=None):
     p.add_argument("--threads", type=int, nargs="+", default=[2, 4, 8])
     p.add_argument("--out", default=None, help="JSON file for the results")
     args = p.parse_args(argv)
-    from detectron2.data.datasets.pascal_voc import load_voc_instances
-
     tmp = tempfile.mkdtemp(prefix="voc_check_bench_")
     try:
         d = make_split(tmp, args.images)
@@ -138,9 +138,7 @@ def main(argv=None):
     for name, sec in rows.items():
         print(f"{name:34s} {sec:8.3f} {1e6 * sec / args.images:9.1f}")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+        atomic_write_json(args.out, result, indent=2)
     return result
 
 

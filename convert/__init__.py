@@ -1,7 +1,10 @@
 """Pretraining checkpoints -> Detectron2 R50-C4 backbone (``.pkl``) and torchvision backbones.
 
-``load_backbone(path)`` is the single reader of every supported checkpoint format; the
-linear evaluation uses it too. ``convert_checkpoint`` is the pure conversion.
+``load_backbone(path)`` reads the backbone out of every supported checkpoint format (the
+converter and the linear evaluation use it); whole MoCo models of this project's own
+checkpoints (resume, kNN, demo) are read by ``pretrain.checkpoint.load_checkpoint`` /
+``load_moco``, whose format tag ``PRETRAIN_FORMAT_TAG`` is. ``convert_checkpoint`` is the pure
+conversion.
 """
 
 from .converter import (

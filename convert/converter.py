@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
-from detectron2.utils.file_io import PathManager
+
+from common.io import OutputExistsError, atomic_write
 
 from .formats import Extracted, extract_backbone
-from .structure import ResNetShape, check_resnet50
+from .structure import ResNetShape, ResNetStructureError, check_resnet50
 
 __all__ = [
     "AUTHOR",
@@ -106,8 +105,6 @@ def convert_checkpoint(
     Raises ``CheckpointFormatError`` / ``ResNetStructureError`` (with ``where`` in the message)
     instead of returning an empty or partial model.
     """
-    from .structure import ResNetStructureError
-
     ext = extract_backbone(obj, fmt=fmt, prefix=prefix, where=where)
     try:
         shape = check_resnet50(ext.backbone)
@@ -117,69 +114,6 @@ def convert_checkpoint(
             "backbones convert to R50-C4; check the file and --prefix."
         ) from None
     return ConversionResult(model=to_detectron2(ext.backbone), extracted=ext, shape=shape)
-
-
-class OutputExistsError(FileExistsError):
-    """The output file exists and overwriting was not asked for."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str, write: Callable[[BinaryIO], None], overwrite: bool = True) -> None:
-    """Write a file so that a kill at any moment leaves either the old file or the new one.
-
-    ``write(f)`` fills a temporary file in the destination folder (same file system, so the
-    final rename is atomic); it is flushed and fsynced, then renamed over ``path`` with
-    ``os.replace`` (``overwrite=True``) or hard-linked to ``path``, which fails if ``path``
-    exists (``overwrite=False``; raises :class:`OutputExistsError`). The temporary file is
-    removed on any error. Non-local iopath URIs are written through ``PathManager`` directly
-    (no atomicity there).
-    """
-    if "://" in path:
-        if not overwrite and PathManager.exists(path):
-            raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
-        with PathManager.open(path, "wb") as f:
-            write(f)
-        return
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    if not overwrite and os.path.lexists(path):
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # atomic "create only if absent"
-            except FileExistsError:
-                raise OutputExistsError(
-                    f"{path} appeared while writing; pass --overwrite to replace it"
-                ) from None
-            except OSError:  # file systems without hard links: checked above, rename now
-                os.replace(tmp, path)
-    finally:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-    try:  # make the rename itself durable (POSIX; not possible on every platform)
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def save_detectron2_pkl(model: Mapping[str, np.ndarray], path: str, overwrite: bool = True) -> None:

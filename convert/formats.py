@@ -26,6 +26,11 @@ from typing import Any, Mapping
 import torch
 from detectron2.utils.file_io import PathManager
 
+# The tag pretraining writes into its checkpoints; defined once, by the writer.
+from pretrain.checkpoint import FORMAT as PRETRAIN_FORMAT_TAG
+
+from .structure import ResNetStructureError, check_resnet50
+
 __all__ = [
     "FORMATS",
     "PRETRAIN_FORMAT_TAG",
@@ -38,7 +43,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PRETRAIN_FORMAT_TAG = "moco-detectron2/pretrain/v1"
 FORMATS = ("auto", "moco-detectron2", "moco", "torchvision")
 # Encoder prefixes tried in order by auto-detection; the first under which a stem is found wins.
 _FORMAT_PREFIXES = {
@@ -265,8 +269,6 @@ def load_backbone(
     (of the detected width) with only ``fc.*`` missing. Raises :class:`CheckpointFormatError`
     or :class:`convert.structure.ResNetStructureError`, with ``path`` in the message.
     """
-    from .structure import ResNetStructureError, check_resnet50
-
     ext = extract_backbone(load_checkpoint_file(path), fmt=fmt, prefix=prefix, where=path)
     try:
         check_resnet50(ext.backbone)

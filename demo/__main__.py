@@ -9,6 +9,9 @@ import logging
 import os
 import sys
 
+from detectron2.utils.logger import setup_logger
+
+from .pipeline import run_demo
 from .presets import PRESETS, default_preset_name
 
 
@@ -38,12 +41,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.preset = args.preset or default_preset_name()
 
-    from detectron2.utils.logger import setup_logger
-
     os.makedirs(args.output_dir, exist_ok=True)
     setup_logger(os.path.join(args.output_dir, "demo.log"), name="demo", abbrev_name="demo")
-    from .pipeline import run_demo
-
     logging.getLogger("demo").info("preset %r", args.preset)
     report = run_demo(args.output_dir, args.preset, args.seeds, args.data_seed)
     if args.strict and not all(report["claims"].values()):

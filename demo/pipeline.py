@@ -5,12 +5,19 @@ import json
 import logging
 import math
 import os
+import subprocess
+import sys
+import threading
 import time
 
 import torch
 
+from common.io import atomic_write_json
+
 from .presets import PRESETS, ROOT, Preset
 
+# Each stage imports the packages it drives when it runs, so that ``import demo`` and
+# ``moco-demo --help`` stay light (detectron2's training stack, matplotlib, OpenCV).
 logger = logging.getLogger("demo")
 STAGES = ("data", "pretrain", "knn", "convert", "detect", "report")
 
@@ -56,9 +63,7 @@ def _hms(seconds: float) -> str:
 
 
 def _write_json(path: str, obj) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    atomic_write_json(path, obj, indent=2, sort_keys=True)
 
 
 def make_data(out: str, preset: Preset, seed: int) -> dict:
@@ -126,18 +131,19 @@ def run_pretrain(config: str, opts: list) -> str:
 def knn_random_vs_trained(config: str, opts: list, checkpoint: str, device: str = "cpu") -> dict:
     """Weighted kNN top-1 (%) of the query encoder at its random init (the same seed and code
     path as pretraining starts from) and after pretraining."""
-    from evaluation.knn import knn_accuracy
     from pretrain.builder import build_moco
-    from pretrain.checkpoint import load_checkpoint
+    from pretrain.checkpoint import load_moco
     from pretrain.config import load_cfg
+    from pretrain.knn import knn_accuracy
 
     cfg = load_cfg(config, opts)
     result = {}
     for name in ("random_init", "moco"):
-        torch.manual_seed(cfg.SEED)
-        model = build_moco(cfg)
         if name == "moco":
-            model.load_state_dict(load_checkpoint(checkpoint)["model"])
+            model, _ = load_moco(checkpoint)  # every weight and buffer comes from the file
+        else:
+            torch.manual_seed(cfg.SEED)
+            model = build_moco(cfg)
         model.to(device)
         acc = knn_accuracy(
             model.encoder_q,
@@ -167,8 +173,6 @@ def convert_to_d2(checkpoint: str, pkl: str) -> str:
 
 def _relay_lines(stream, prefix: str) -> None:
     """Copy ``stream`` to this process's stdout line by line, each line prefixed."""
-    import sys
-
     for line in stream:
         sys.stdout.write(prefix + line)
         sys.stdout.flush()
@@ -181,10 +185,6 @@ def run_detection(out: str, weights: dict, voc: str, preset: Preset, seeds) -> d
     without slowing each other much; on one GPU the two inits share it. Returns the loaded
     summaries by name. Finished trials are kept, so a rerun continues where an interrupted one
     stopped."""
-    import subprocess
-    import sys
-    import threading
-
     from detection.summary import load_summary
 
     config = preset.detect_config

@@ -6,6 +6,8 @@ demo runs."""
 import os
 from dataclasses import dataclass, field
 
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_PRETRAIN_CFG = os.path.join(ROOT, "configs", "pretrain", "tiny_synthetic.yaml")
 TINY_DETECT_CFG = os.path.join(ROOT, "configs", "detection", "tiny_synthetic.yaml")
@@ -198,6 +200,4 @@ PRESETS = {
 
 def default_preset_name() -> str:
     """``"gpu"`` when CUDA is available, else ``"default"`` (the CPU demo)."""
-    import torch
-
     return "gpu" if torch.cuda.is_available() else "default"

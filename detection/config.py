@@ -11,6 +11,7 @@ by ``detection.train_net.Trainer``; docs/detection_speed.md says what each one c
 import logging
 
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 logger = logging.getLogger("detection.config")
 
@@ -18,6 +19,9 @@ COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
 SGD_IMPLS = ("foreach", "fused", "for-loop")
 TF32_MODES = ("", "on", "off")
 AMP_DTYPES = ("float16", "bfloat16")
+# Class names of the generated synthetic VOC-format set, in label order (equal to
+# synthetic.DET_CLASSES; synthetic builds on detection, not the other way round).
+SYNTHETIC_DET_CLASSES = ("disk", "square", "triangle", "star", "cross", "ring")
 
 # Norms that synchronise statistics across processes; they only mean something with a
 # process group, so one process uses plain BN instead (see `resolve_single_process`).
@@ -48,8 +52,9 @@ def add_moco_detection_config(cfg):
     _C.TRANSFER.VOC_LIKE_ROOT = ""
     # Prefix of the data set names registered from VOC_LIKE_ROOT.
     _C.TRANSFER.VOC_LIKE_PREFIX = "synth"
-    # Class names of the VOC_LIKE_ROOT set, in label order. Empty: synthetic.DET_CLASSES.
-    _C.TRANSFER.VOC_LIKE_CLASSES = []
+    # Class names of the VOC_LIKE_ROOT set, in label order; the default is the generated
+    # synthetic set's.
+    _C.TRANSFER.VOC_LIKE_CLASSES = list(SYNTHETIC_DET_CLASSES)
     # Root of the real PASCAL VOC (holding VOC2007/ and VOC2012/). Empty: detectron2's own
     # registration under $DETECTRON2_DATASETS (default "datasets") is used as it is.
     _C.TRANSFER.VOC_ROOT = ""
@@ -59,10 +64,6 @@ def add_moco_detection_config(cfg):
     # torch CPU threads per process when MODEL.DEVICE is "cpu" (0: torch's default). On a small
     # CPU shared with other jobs, 1 avoids OpenMP threads spin-waiting on each other.
     _C.TRANSFER.CPU_THREADS = 0
-    # "SGD" (detectron2's optimizer, the recipe's) or "AdamW" (same parameter groups, lr and
-    # weight decay; momentum unused). For experiments on small runs: at the demo's size AdamW
-    # was measured no better than SGD (docs/tiny_recipe.md), so every shipped config uses SGD.
-    _C.TRANSFER.OPTIMIZER = "SGD"
 
     # --- Speed options. Off (or detectron2's behaviour) by default unless numerically neutral;
     # the published-number comparison assumes the defaults (fp32 as in the reference).
@@ -97,6 +98,18 @@ def add_moco_detection_config(cfg):
     # distinct batch shapes; padding to e.g. 128 leaves few, so CUDNN_BENCHMARK tunes each shape
     # once. More padding changes the BN statistics slightly (zeros after normalisation).
     _C.TRANSFER.PAD_SIZE_DIVISIBILITY = 0
+
+
+def load_cfg(config_file: str = "", opts=()):
+    """detectron2's defaults plus the ``TRANSFER`` node, merged with ``config_file`` (if any)
+    and the ``KEY VALUE`` list ``opts``. Returns the CfgNode, not frozen
+    (:func:`resolve_single_process` may still adjust it)."""
+    cfg = get_cfg()
+    add_moco_detection_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    return cfg
 
 
 def resolve_single_process(cfg, world_size):

@@ -17,7 +17,7 @@ import time
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES
 
-from detection.voc_check import (
+from .voc_check import (
     BORDER_TOLERANCE_PX,
     VOCAnnotationError,
     format_problems,
@@ -152,9 +152,10 @@ def register_from_config(cfg):
     if cfg.TRANSFER.VOC_LIKE_ROOT:
         classes = list(cfg.TRANSFER.VOC_LIKE_CLASSES)
         if not classes:
-            from synthetic import DET_CLASSES  # the generated set's names, only when needed
-
-            classes = list(DET_CLASSES)
+            raise ValueError(
+                "TRANSFER.VOC_LIKE_CLASSES is empty: give the class names of "
+                f"TRANSFER.VOC_LIKE_ROOT={cfg.TRANSFER.VOC_LIKE_ROOT!r} in label order"
+            )
         prefix, root = cfg.TRANSFER.VOC_LIKE_PREFIX, cfg.TRANSFER.VOC_LIKE_ROOT
         names += register_voc_like(prefix, root, classes)
     return names

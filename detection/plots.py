@@ -15,7 +15,7 @@ import os
 
 from matplotlib.figure import Figure
 
-from detection.summary import METRICS, load_summary
+from .summary import METRICS, load_summary
 
 logger = logging.getLogger("detection.plots")
 

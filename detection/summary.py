@@ -11,7 +11,11 @@ import json
 import math
 import os
 
+from common.io import atomic_write
+
 METRICS = ("AP50", "AP", "AP75")
+# The per-trial results file that detection.train_net writes into OUTPUT_DIR.
+FINAL_METRICS = "final_metrics.json"
 STD_KIND = "sample std (ddof=1)"
 
 # Published VOC07+12 -> VOC07 test results of Faster R-CNN R50-C4 (24k iterations), the means
@@ -163,9 +167,7 @@ def write_summary(out_dir, summary):
         "md": format_markdown(summary),
     }
     for ext, path in paths.items():
-        with open(path + ".tmp", "w") as f:
-            f.write(texts[ext])
-        os.replace(path + ".tmp", path)
+        atomic_write(path, lambda f, text=texts[ext]: f.write(text), text=True)
     return paths
 
 

@@ -10,32 +10,32 @@ once training and the final evaluation are done; ``detection.trials`` treats tha
 mark of a finished run.
 """
 
-import json
 import logging
 import os
 
 import detectron2.utils.comm as comm
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils.logger import setup_logger
-from iopath.common.file_io import g_pathmgr
 
-import detection  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
-from detection.config import (
+from common.io import atomic_write_json
+from common.launch import launch_from_args
+
+from . import roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
+from .config import (
     SGD_IMPLS,
-    add_moco_detection_config,
+    load_cfg,
     resolve_single_process,
     validate_speed_options,
 )
-from detection.datasets import check_datasets, register_from_config
-from detection.launchers import watch_runner
+from .datasets import check_datasets, register_from_config
+from .launchers import watch_runner
+from .summary import FINAL_METRICS
 
-FINAL_METRICS = "final_metrics.json"
 logger = logging.getLogger("detection.train_net")  # not __name__: "__main__" under -m
 
 
@@ -128,11 +128,7 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         """detectron2's SGD (its parameter groups and hyper-parameters; ``TRANSFER.SGD_IMPL``
-        picks foreach, fused or for-loop kernels), or AdamW over the same parameter groups
-        (``TRANSFER.OPTIMIZER``). Returns the optimizer."""
-        name = cfg.TRANSFER.OPTIMIZER
-        if name not in ("SGD", "AdamW"):
-            raise ValueError(f"TRANSFER.OPTIMIZER must be 'SGD' or 'AdamW', got {name!r}")
+        picks foreach, fused or for-loop kernels). Returns the optimizer."""
         params = get_default_optimizer_params(
             model,
             base_lr=cfg.SOLVER.BASE_LR,
@@ -140,11 +136,6 @@ class Trainer(DefaultTrainer):
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
         )
-        if name == "AdamW":
-            optimizer = torch.optim.AdamW(
-                params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
-            )
-            return maybe_add_gradient_clipping(cfg, optimizer)
         impl = cfg.TRANSFER.SGD_IMPL
         if impl not in SGD_IMPLS:
             raise ValueError(f"TRANSFER.SGD_IMPL must be one of {SGD_IMPLS}, got {impl!r}")
@@ -174,10 +165,7 @@ def setup(args):
     """Build the frozen config from ``args`` (config file + KEY VALUE overrides), adjust it to
     the number of processes, register the data sets it names and set up logging/seeding."""
     watch_runner()  # die with the trial runner, if one started this process
-    cfg = get_cfg()
-    add_moco_detection_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
+    cfg = load_cfg(args.config_file, args.opts)
     notes = resolve_single_process(cfg, comm.get_world_size())
     cfg.freeze()
     default_setup(cfg, args)  # logger, seed (SEED + rank), config.yaml in OUTPUT_DIR
@@ -205,9 +193,7 @@ def write_final_metrics(cfg, results):
         "weights": cfg.MODEL.WEIGHTS,
     }
     path = os.path.join(cfg.OUTPUT_DIR, FINAL_METRICS)
-    with g_pathmgr.open(path + ".tmp", "w") as f:
-        json.dump(record, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    atomic_write_json(path, record, indent=2, sort_keys=True)
 
 
 def run(args):
@@ -233,14 +219,7 @@ def main(argv=None):
     """Command-line entry point (``moco-detect``): parse ``argv`` and launch :func:`run` on
     ``--num-gpus`` processes per machine. Returns None."""
     args = default_argument_parser().parse_args(argv)
-    launch(
-        run,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(run, args)
 
 
 if __name__ == "__main__":

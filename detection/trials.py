@@ -38,10 +38,19 @@ import sys
 import threading
 import time
 
+import torch
 from detectron2.utils.logger import setup_logger
 
-from detection.launchers import pid_alive
-from detection.summary import METRICS, REFERENCES, aggregate, format_markdown, write_summary
+from .config import load_cfg
+from .launchers import LocalLauncher, SlurmLauncher, pid_alive
+from .summary import (
+    FINAL_METRICS,
+    METRICS,
+    REFERENCES,
+    aggregate,
+    format_markdown,
+    write_summary,
+)
 
 logger = logging.getLogger("detection.trials")
 RESERVED_KEYS = ("OUTPUT_DIR", "SEED", "TRANSFER.TRIAL")  # set per trial by the runner
@@ -75,7 +84,7 @@ def read_final_metrics(output_dir):
     ``results.bbox.{AP50,AP,AP75}``: train_net writes it atomically, so such a file was damaged
     or edited later, and silently re-running the trial would hide that.
     """
-    path = os.path.join(output_dir, "final_metrics.json")
+    path = os.path.join(output_dir, FINAL_METRICS)
     try:
         with open(path) as f:
             text = f.read()
@@ -168,7 +177,7 @@ class TrialLock:
         Returns:
             dict or None: the previous owner's record when a stale lock was taken over.
         """
-        import fcntl
+        import fcntl  # POSIX only: imported where a lock is taken, so the module imports anywhere
 
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         host, deadline = socket.gethostname(), time.time() + wait_s
@@ -468,8 +477,6 @@ def visible_gpus():
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [g for g in env.split(",") if g.strip()]
-    import torch
-
     return list(range(torch.cuda.device_count()))
 
 
@@ -538,18 +545,6 @@ def build_parser():
     return p
 
 
-def _load_cfg(config_file, opts):
-    from detectron2.config import get_cfg
-
-    from detection.config import add_moco_detection_config
-
-    cfg = get_cfg()
-    add_moco_detection_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    return cfg
-
-
 def main(argv=None):
     """Command-line entry point (``moco-trials``). Returns the exit status: 0 when every trial
     finished, 1 when one failed twice, 2 when nothing was started (a trial is locked by another
@@ -562,7 +557,7 @@ def main(argv=None):
     os.makedirs(args.output_dir, exist_ok=True)
     setup_logger(output=os.path.join(args.output_dir, "trials.log"), name="detection")
     config_file = os.path.abspath(args.config_file)
-    cfg = _load_cfg(config_file, opts)  # fails early on a bad config or override
+    cfg = load_cfg(config_file, opts)  # fails early on a bad config or override
     reference = cfg.TRANSFER.REFERENCE if args.reference is None else args.reference
     reference = None if reference in ("", "none") else reference
     if reference and reference not in REFERENCES:
@@ -575,8 +570,6 @@ def main(argv=None):
         {"trial": i, "seed": s, "output_dir": trial_dir(out_dir, i, s)} for i, s in enumerate(seeds)
     ]
     if args.slurm:
-        from detection.launchers import SlurmLauncher
-
         launcher = SlurmLauncher(
             os.path.join(out_dir, "slurm"),
             args.gpus_per_trial,
@@ -588,8 +581,6 @@ def main(argv=None):
         )
         slots = [None] * len(trials)  # SLURM places the jobs
     else:
-        from detection.launchers import LocalLauncher
-
         launcher, slots = LocalLauncher(), make_slots(visible_gpus(), args.gpus_per_trial)
 
     def command(t):

@@ -39,6 +39,9 @@ import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from detectron2.structures import BoxMode
+from PIL import Image, UnidentifiedImageError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -192,8 +195,6 @@ def _fmt(box):
 
 def _image_problem(jpg, width, height):
     """None if ``jpg`` exists and its header says ``width`` x ``height``, else the problem."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(jpg) as im:  # reads the header only; no decode
             w, h = im.size
@@ -214,8 +215,6 @@ def _image_problem(jpg, width, height):
 
 def _check_ids(dirname, ids, index, for_evaluation, check_images):
     """Check a batch of ids. Returns a list of (fileid, record, dict, problems, clipped)."""
-    from detectron2.structures import BoxMode
-
     out = []
     for fileid in ids:
         xml = os.path.join(dirname, "Annotations", fileid + ".xml")

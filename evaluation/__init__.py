@@ -1,4 +1,7 @@
-"""Evaluation of pretrained encoders: weighted kNN (``knn``) and the linear protocol."""
+"""Evaluation of pretrained encoders: weighted kNN (``knn``) and the linear protocol.
+
+The top of the package graph: it uses ``pretrain`` and ``convert``; neither imports it.
+"""
 
 from .knn import extract_features, knn_accuracy, knn_classify
 

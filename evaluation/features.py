@@ -24,8 +24,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from detectron2.utils.file_io import PathManager
 from torch.utils.data import DataLoader
+from torchvision.datasets import ImageFolder
 
-from .knn import backbone_features
+from common.io import atomic_write
+from pretrain.augment import eval_transform
+from pretrain.knn import backbone_features, knn_classify
 
 __all__ = [
     "backbone_hash",
@@ -136,12 +139,8 @@ def cached_features(
             return data["features"], data["labels"]
         logger.warning("Ignoring cache file %s with a different key or format", path)
     feats, labels = extract_frozen_features(backbone, dataset, batch_size, workers, device)
-    PathManager.mkdirs(cache_dir)
-    tmp = path + ".tmp"
-    with PathManager.open(tmp, "wb") as f:
-        data = {"features": feats, "labels": labels, "classes": list(dataset.classes)}
-        torch.save({**data, "key": key, "format": CACHE_FORMAT}, f)
-    os.replace(PathManager.get_local_path(tmp), PathManager.get_local_path(path))
+    data = {"features": feats, "labels": labels, "classes": list(dataset.classes)}
+    atomic_write(path, lambda f: torch.save({**data, "key": key, "format": CACHE_FORMAT}, f))
     logger.info("Cached features %s (%s)", path, tuple(feats.shape))
     return feats, labels
 
@@ -208,14 +207,8 @@ def evaluate_cached(
     Inputs: a frozen torchvision ResNet and :func:`backbone_hash` of its weights; ImageFolder
     root; ``head_kwargs`` go to :func:`train_head_on_features` (epochs, lr, milestones, ...).
     Output: ``{"top1", "top5", "train_loss", "knn_top1", "history"}``; kNN uses
-    :func:`evaluation.knn.knn_classify` on the L2-normalised cached features.
+    :func:`pretrain.knn.knn_classify` on the L2-normalised cached features.
     """
-    from torchvision.datasets import ImageFolder
-
-    from pretrain.augment import eval_transform
-
-    from .knn import knn_classify
-
     tf = eval_transform(crop_size)
     splits = {s: ImageFolder(os.path.join(data_root, s), tf) for s in ("train", "val")}
     if splits["train"].classes != splits["val"].classes:

@@ -1,6 +1,7 @@
 """Weighted kNN classification on frozen avgpool features (the InstDisc / MoCo demo monitor).
 
-Used by the pretraining loop as a monitor and as a standalone CLI (``moco-knn``)::
+The standalone CLI (``moco-knn``); the kNN core it runs (also the pretraining loop's monitor)
+lives in :mod:`pretrain.knn` and is re-exported here::
 
     moco-knn --checkpoint output/pretrain/last.pth --data datasets/synth_cls
     moco-knn --random-init --arch resnet50 --width-per-group 16 --data datasets/synth_cls
@@ -10,126 +11,32 @@ import argparse
 import json
 import logging
 import os
-from typing import Tuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
-from detectron2.utils import comm
-from torch.utils.data import DataLoader, Dataset, Subset
+from detectron2.utils.logger import setup_logger
+
+from pretrain.builder import build_encoder_factory
+from pretrain.checkpoint import load_moco
+from pretrain.distributed import select_device
+from pretrain.knn import backbone_features, extract_features, knn_accuracy, knn_classify
+
+__all__ = [
+    "backbone_features",
+    "build_parser",
+    "extract_features",
+    "knn_accuracy",
+    "knn_classify",
+    "main",
+]
 
 logger = logging.getLogger("evaluation.knn")  # also when run as __main__
 
 
-def backbone_features(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Global-average-pooled features of a torchvision ResNet, skipping its ``fc`` head.
-
-    x: BxCxHxW -> BxD (D = 2048 for ResNet-50). Other modules are simply called.
-    """
-    if not hasattr(encoder, "layer4"):
-        return encoder(x)
-    e = encoder
-    x = e.maxpool(e.relu(e.bn1(e.conv1(x))))
-    x = e.layer4(e.layer3(e.layer2(e.layer1(x))))
-    return torch.flatten(e.avgpool(x), 1)
-
-
-@torch.no_grad()
-def extract_features(model: nn.Module, loader, device=None) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Run ``model`` (eval mode) over ``loader`` of (image, label) batches.
-
-    Returns (features NxD, L2-normalised, float32 on CPU; labels N, int64). The model's
-    train/eval mode is restored afterwards.
-    """
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    feats, labels = [], []
-    for images, target in loader:
-        f = backbone_features(model, images.to(device, non_blocking=True))
-        feats.append(F.normalize(f.float(), dim=1).cpu())
-        labels.append(torch.as_tensor(target))
-    model.train(was_training)
-    return torch.cat(feats), torch.cat(labels).long()
-
-
-@torch.no_grad()
-def knn_classify(
-    train_feats: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_feats: torch.Tensor,
-    k: int = 20,
-    T: float = 0.07,
-    num_classes: int = 0,
-    chunk: int = 1024,
-) -> torch.Tensor:
-    """Weighted kNN: each of the ``k`` nearest training features votes exp(cos / T) for its label.
-
-    Features are NxD and MxD, L2-normalised (cosine similarity = dot product). Returns the
-    predicted labels (M,). ``num_classes`` defaults to max label + 1.
-    """
-    num_classes = num_classes or int(train_labels.max()) + 1
-    k = min(k, train_feats.shape[0])
-    preds = []
-    for start in range(0, test_feats.shape[0], chunk):
-        sim = test_feats[start : start + chunk] @ train_feats.T  # BxN
-        top_sim, top_idx = sim.topk(k, dim=1)  # Bxk
-        weights = (top_sim / T).exp()
-        votes = torch.zeros(sim.shape[0], num_classes, dtype=weights.dtype)
-        votes.scatter_add_(1, train_labels[top_idx], weights)  # BxClasses
-        preds.append(votes.argmax(dim=1))
-    return torch.cat(preds)
-
-
-def _sharded_features(model, dataset: Dataset, batch_size: int, workers: int, device):
-    """Features of ``dataset``, each rank extracting every world-th sample, gathered to all."""
-    world, rank = comm.get_world_size(), comm.get_rank()
-    part = Subset(dataset, range(rank, len(dataset), world))
-    loader = DataLoader(part, batch_size=batch_size, num_workers=workers, shuffle=False)
-    feats, labels = extract_features(model, loader, device)
-    if world > 1:
-        parts = comm.all_gather((feats, labels))
-        feats = torch.cat([p[0] for p in parts])
-        labels = torch.cat([p[1] for p in parts])
-    return feats, labels
-
-
-def knn_accuracy(
-    model, train_root, val_root, size=224, batch_size=256, workers=4, k=20, T=0.07, device=None
-) -> float:
-    """Weighted kNN top-1 (0..1) of ``model``: ImageFolder ``train_root`` -> ``val_root``.
-
-    Works in any process group: feature extraction is split across ranks and gathered.
-    """
-    from torchvision.datasets import ImageFolder
-
-    from pretrain.augment import eval_transform
-
-    for key, root in (("train", train_root), ("val", val_root)):
-        if not os.path.isdir(root):
-            raise FileNotFoundError(f"kNN {key} folder {root!r} does not exist (ImageFolder root)")
-    tf = eval_transform(size)
-    train_set, val_set = ImageFolder(train_root, tf), ImageFolder(val_root, tf)
-    if train_set.classes != val_set.classes:
-        raise ValueError(f"kNN train/val class folders differ: {train_root!r} vs {val_root!r}")
-    tr_f, tr_l = _sharded_features(model, train_set, batch_size, workers, device)
-    va_f, va_l = _sharded_features(model, val_set, batch_size, workers, device)
-    pred = knn_classify(tr_f, tr_l, va_f, k=k, T=T, num_classes=len(train_set.classes))
-    return (pred == va_l).float().mean().item()
-
-
 def _load_encoder(args) -> nn.Module:
     """The query encoder of a pretraining checkpoint, or a random-init encoder from args."""
-    from pretrain.builder import build_encoder_factory, build_moco
-    from pretrain.checkpoint import load_checkpoint
-    from pretrain.config import get_pretrain_cfg
-
     if args.checkpoint:
-        ckpt = load_checkpoint(args.checkpoint)
-        cfg = get_pretrain_cfg()
-        cfg.merge_from_other_cfg(cfg.load_cfg(ckpt["cfg"]))
-        model = build_moco(cfg)
-        model.load_state_dict(ckpt["model"])
+        model, ckpt = load_moco(args.checkpoint)
         logger.info("Loaded encoder_q from %s (epoch %d)", args.checkpoint, ckpt["epoch"])
         return model.encoder_q
     torch.manual_seed(args.seed)
@@ -137,11 +44,9 @@ def _load_encoder(args) -> nn.Module:
     return build_encoder_factory(args.arch, **kwargs)(num_classes=128)
 
 
-def main(argv=None) -> dict:
-    """CLI: weighted kNN top-1 of a pretraining checkpoint (or random init) on an ImageFolder."""
-    from detectron2.utils.logger import setup_logger
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``moco-knn``."""
+    p = argparse.ArgumentParser(prog="moco-knn", description=__doc__.split("\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", default="", help="pretraining checkpoint (.pth)")
     src.add_argument("--random-init", action="store_true", help="evaluate a random-init encoder")
@@ -155,9 +60,14 @@ def main(argv=None) -> dict:
     p.add_argument("--workers", type=int, default=4, help="data loader processes")
     p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-init encoder")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> dict:
+    """CLI: weighted kNN top-1 of a pretraining checkpoint (or random init) on an ImageFolder."""
+    args = build_parser().parse_args(argv)
     setup_logger(name="evaluation")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = select_device(args.device)
     encoder = _load_encoder(args).to(device)
     acc = knn_accuracy(
         encoder,

@@ -26,13 +26,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 import torchvision.transforms as T
-from detectron2.engine import launch
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
 from detectron2.utils.file_io import PathManager
 from torch.utils.data import DataLoader, DistributedSampler
 
+from common.io import atomic_write
+from common.launch import add_launch_args, launch_from_args
 from convert import FORMATS, check_resnet50, load_backbone
+from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+from pretrain.distributed import select_device
+from pretrain.knn import backbone_features
 from pretrain.logs import setup_named_logger
 
 from .features import (
@@ -42,7 +46,6 @@ from .features import (
     make_linear_head,
     topk_accuracy,
 )
-from .knn import backbone_features
 
 logger = logging.getLogger("evaluation.linear")  # not __name__: "__main__" under -m
 LAST = "last.pth"
@@ -95,11 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fast sweep path: features once (cached in <output-dir>/features), no augmentation",
     )
-    p.add_argument("--num-gpus", type=int, default=1, help="processes per machine")
-    p.add_argument("--num-machines", type=int, default=1)
-    p.add_argument("--machine-rank", type=int, default=0)
-    p.add_argument("--dist-url", default="auto", help="e.g. tcp://host:port for several machines")
-    return p
+    return add_launch_args(p)
 
 
 def load_backbone_model(args) -> tuple[nn.Module, dict[str, torch.Tensor]]:
@@ -150,8 +149,6 @@ def check_backbone_unchanged(backbone: nn.Module, reference: dict[str, torch.Ten
 
 def build_loaders(args, world: int, rank: int):
     """ImageFolder train (RandomResizedCrop + flip) and val (resize + center crop) loaders."""
-    from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-
     train_tf = T.Compose(
         [
             T.RandomResizedCrop(args.crop_size),
@@ -251,9 +248,7 @@ def _save_last(args, head, optimizer, epoch: int, key: str, result: dict) -> Non
         "format": FORMAT,
     }
     path = os.path.join(args.output_dir, LAST)
-    with PathManager.open(path + ".tmp", "wb") as f:
-        torch.save(ckpt, f)
-    os.replace(path + ".tmp", path)
+    atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
 def _resume(args, head, optimizer, key: str) -> int:
@@ -279,9 +274,7 @@ def _resume(args, head, optimizer, key: str) -> int:
 def run(args) -> dict:
     """One process of the linear evaluation; returns the results dict (also results.json)."""
     world, rank = comm.get_world_size(), comm.get_rank()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        device = torch.device("cuda", comm.get_local_rank())
+    device = select_device(args.device)  # on CUDA: this process's GPU (set by launch)
     PathManager.mkdirs(args.output_dir)
     for name in ("evaluation", "convert"):
         setup_named_logger(args.output_dir, distributed_rank=rank, name=name)
@@ -376,14 +369,7 @@ def run(args) -> dict:
 def main(argv=None) -> dict | None:
     """CLI entry point: parse, then run on every process (detectron2 ``launch``)."""
     args = build_parser().parse_args(argv)
-    return launch(
-        run,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    return launch_from_args(run, args)
 
 
 if __name__ == "__main__":

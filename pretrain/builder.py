@@ -49,6 +49,19 @@ def _mlp_head(fc: nn.Linear, hidden: int, head_bn: bool) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def check_key_bn_splits(batch: int, splits: int, what: str = "") -> None:
+    """Raise ValueError naming MODEL.KEY_BN_SPLITS when ``batch`` is not divisible by ``splits``.
+
+    ``what`` describes the batch in the message (default ``"batch <batch>"``); split BN needs
+    equal sub-batches, so this is checked before training and again where the batch is split.
+    """
+    if batch % splits:
+        raise ValueError(
+            f"{what or f'batch {batch}'} is not divisible by MODEL.KEY_BN_SPLITS={splits}; "
+            "change either"
+        )
+
+
 class _SplitBatchNormMixin:
     """Training-mode BN whose statistics come from ``num_splits`` interleaved sub-batches.
 
@@ -83,10 +96,7 @@ class _SplitBatchNormMixin:
             return super().forward(x)
         self._check_input_dim(x)
         n, c = x.shape[:2]
-        if n % s:
-            raise ValueError(
-                f"batch {n} is not divisible by MODEL.KEY_BN_SPLITS={s}; change either"
-            )
+        check_key_bn_splits(n, s)
         self.num_batches_tracked.add_(1)
         factor = self._factor()
         if x.is_contiguous():
@@ -309,11 +319,7 @@ class MoCo(nn.Module):
         if splits > 1:
             # random sub-batches: the split BN layers group samples n, n+s, n+2s, ... of this
             # permuted batch, so a key's statistics never come from a fixed set of neighbours
-            if im_k.shape[0] % splits:
-                raise ValueError(
-                    f"per-process batch {im_k.shape[0]} is not divisible by "
-                    f"MODEL.KEY_BN_SPLITS={splits}"
-                )
+            check_key_bn_splits(im_k.shape[0], splits, f"per-process batch {im_k.shape[0]}")
             perm = torch.randperm(im_k.shape[0], device=im_k.device)
             k = self.encoder_k(im_k[perm])[torch.argsort(perm)]
         else:

@@ -19,6 +19,11 @@ import torch
 import torch.nn as nn
 from detectron2.utils.file_io import PathManager  # iopath, with detectron2's handlers
 
+from common.io import atomic_write
+
+from .builder import build_moco
+from .config import get_pretrain_cfg
+
 logger = logging.getLogger(__name__)
 FORMAT = "moco-detectron2/pretrain/v1"
 LAST = "last.pth"
@@ -96,26 +101,12 @@ def resume_hint(last_good: str) -> str:
     )
 
 
-def _fsync_dir(directory: str) -> None:
-    """Make a rename in ``directory`` durable (POSIX; a no-op where directories can't be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems (and Windows) refuse fsync on a directory
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(path: str, model, optimizer, scaler, epoch: int, iteration: int, cfg) -> None:
     """Write a checkpoint to ``path`` atomically and durably.
 
-    The state goes to ``path.tmp``, which is flushed and fsync'ed, renamed over ``path`` with
-    ``os.replace`` and then the directory is fsync'ed: a kill or power loss at any moment
-    leaves either the previous file or the new one, never a torn one. Raises
+    Written with :func:`common.io.atomic_write` (temporary file, fsync, ``os.replace``, fsync of
+    the folder): a kill or power loss at any moment leaves either the previous file or the new
+    one, never a torn one. Raises
     :class:`CheckpointError` (and writes nothing) when the weights are non-finite or exploding
     (:func:`weights_problem`). Call on the main process only. ``model`` may be DDP-wrapped;
     ``scaler`` may be None.
@@ -137,17 +128,7 @@ def save_checkpoint(path: str, model, optimizer, scaler, epoch: int, iteration: 
         "rng": rng_state(),
         "format": FORMAT,
     }
-    PathManager.mkdirs(os.path.dirname(path) or ".")
-    tmp = path + ".tmp"
-    with PathManager.open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        if hasattr(f, "fileno"):  # local files; remote iopath handlers have their own commit
-            os.fsync(f.fileno())
-    local_tmp, local = PathManager.get_local_path(tmp), PathManager.get_local_path(path)
-    # A kill during the write leaves the previous file intact; os.replace is atomic on POSIX.
-    os.replace(local_tmp, local)
-    _fsync_dir(os.path.dirname(os.path.abspath(local)))
+    atomic_write(path, lambda f: torch.save(ckpt, f))
     logger.info("Saved checkpoint %s (epoch %d, iteration %d)", path, epoch, iteration)
 
 
@@ -183,6 +164,21 @@ def load_checkpoint(path: str) -> dict:
             "reference-release files must be converted or loaded with strict key mapping"
         )
     return ckpt
+
+
+def load_moco(path: str) -> Tuple[nn.Module, dict]:
+    """The MoCo model of a pretraining checkpoint, built from the config stored in it.
+
+    Input: a file written by :func:`save_checkpoint`. Output: ``(model, ckpt)`` with the model
+    on the CPU, weights loaded strictly, and the checkpoint dict (``epoch``, ``cfg``...).
+    Raises as :func:`load_checkpoint`.
+    """
+    ckpt = load_checkpoint(path)
+    cfg = get_pretrain_cfg()
+    cfg.merge_from_other_cfg(cfg.load_cfg(ckpt["cfg"]))
+    model = build_moco(cfg)
+    model.load_state_dict(ckpt["model"])
+    return model, ckpt
 
 
 def _periodic(output_dir: str) -> list:

@@ -15,6 +15,7 @@ import torch
 from detectron2.utils import comm
 from detectron2.utils.events import EventWriter, get_event_storage
 
+from .checkpoint import resume_hint
 from .data import skipped_indices
 from .schedule import learning_rate
 
@@ -140,8 +141,6 @@ def _check_finite(loss: torch.Tensor, epoch: int, ctx: LoopContext, lr: float) -
     The message names the step, the lr, the likely fixes and the last good checkpoint
     (``ctx.last_good``) with the --resume / --no-auto-resume choices.
     """
-    from .checkpoint import resume_hint
-
     value = loss.item()
     if math.isfinite(value) and value <= ctx.loss_limit:
         return

@@ -19,12 +19,15 @@ import math
 import os
 
 import torch
-from detectron2.engine import default_setup, launch
+from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
 
+from common.io import atomic_write
+from common.launch import add_launch_args, launch_from_args
+
 from .augment import BatchedMocoAug
-from .builder import build_moco, compile_encoders
+from .builder import build_moco, check_key_bn_splits, compile_encoders
 from .checkpoint import (
     LAST,
     checkpoint_name,
@@ -40,12 +43,13 @@ from .data import build_train_dataset, build_train_loader, sample_seed
 from .device_input import DeviceInput
 from .distributed import maybe_init_from_env, select_device
 from .engine import LoopContext, ProgressPrinter, loss_limit, train_one_epoch
+from .knn import knn_accuracy
 from .logs import setup_named_logger
 
 logger = logging.getLogger("pretrain.train_net")  # also when run as __main__
 
 
-def get_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     """detectron2-style arguments plus resume controls; trailing ``KEY VALUE`` overrides."""
     p = argparse.ArgumentParser(description="MoCo v1/v2 pretraining")
     p.add_argument("--config-file", default="", metavar="FILE", help="YAML under configs/pretrain")
@@ -63,14 +67,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="stop (with a checkpoint) after this many finished epochs; the schedule still "
         "spans SOLVER.EPOCHS, so a later resume continues it (use on preemptible time slots)",
     )
-    p.add_argument("--num-gpus", type=int, default=1, help="processes per machine (GPUs)")
-    p.add_argument("--num-machines", type=int, default=1, help="total number of machines")
-    p.add_argument("--machine-rank", type=int, default=0, help="rank of this machine")
-    p.add_argument(
-        "--dist-url",
-        default="auto",
-        help="init URL (tcp://host:port) reachable by all machines; 'auto' for one machine",
-    )
+    add_launch_args(p)
     p.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     return p
 
@@ -105,16 +102,11 @@ def _check_inputs(cfg, world: int) -> None:
                 "ImageFolder root or leave both kNN keys empty"
             )
     per_proc = cfg.SOLVER.BATCH_SIZE // world
-    if per_proc % cfg.MODEL.KEY_BN_SPLITS:
-        raise ValueError(
-            f"per-process batch {per_proc} (SOLVER.BATCH_SIZE / {world} processes) is not "
-            f"divisible by MODEL.KEY_BN_SPLITS={cfg.MODEL.KEY_BN_SPLITS}; change either"
-        )
+    what = f"per-process batch {per_proc} (SOLVER.BATCH_SIZE / {world} processes)"
+    check_key_bn_splits(per_proc, cfg.MODEL.KEY_BN_SPLITS, what)
 
 
 def _knn(cfg, model, ctx, storage, epoch: int) -> float:
-    from evaluation.knn import knn_accuracy
-
     acc = knn_accuracy(
         unwrap(model).encoder_q,
         cfg.DATA.KNN_TRAIN,
@@ -135,8 +127,9 @@ def _drop_metrics_after(path: str, iteration: int) -> None:
     """Keep only the lines of metrics.json ``path`` with an iteration below ``iteration``.
 
     A resumed run repeats the iterations after its checkpoint; their old lines are dropped so
-    that every iteration appears once. The file is rewritten atomically (tmp + os.replace);
-    lines that are not JSON objects (e.g. cut by a kill mid-write) are dropped too.
+    that every iteration appears once. The file is rewritten atomically
+    (:func:`common.io.atomic_write`); lines that are not JSON objects (e.g. cut by a kill
+    mid-write) are dropped too.
     """
     if not os.path.isfile(path):
         return
@@ -154,12 +147,7 @@ def _drop_metrics_after(path: str, iteration: int) -> None:
                 dropped += line.strip() != ""
     if not dropped:
         return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(kept)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.writelines(kept), text=True)
     logger.info("Dropped %d metrics.json line(s) at or after iteration %d", dropped, iteration)
 
 
@@ -318,18 +306,11 @@ def run(args) -> dict:
 
 def main(argv=None) -> None:
     """Console script ``moco-pretrain``: torchrun-aware launch of :func:`run`."""
-    args = get_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     if maybe_init_from_env():
         run(args)  # torchrun already started one process per GPU
         return
-    launch(
-        run,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(run, args)
 
 
 if __name__ == "__main__":

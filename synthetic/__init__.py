@@ -5,23 +5,16 @@ Class identity is carried by shape and texture; colours are random nuisances (se
 :func:`check_annotation` / :func:`load_checked_voc_instances` (from ``detection.voc_check``).
 """
 
+from . import voc as _voc
 from .classification import CLS_CLASSES, make_classification
 from .voc import DET_CLASSES, make_voc
 
-_CHECKER_NAMES = (
-    "VOCAnnotationError",
-    "check_annotation",
-    "check_voc_split",
-    "load_checked_voc_instances",
-)
-
 
 def __getattr__(name):
-    # The checker is detection.voc_check; loaded on first use (it imports detectron2).
-    if name in _CHECKER_NAMES:
-        from detection import voc_check
-
-        return getattr(voc_check, name)
+    # The annotation checker's names, re-exported from synthetic.voc (loaded on first use there,
+    # so that generating data does not import detectron2).
+    if name in _voc._CHECKER_NAMES:
+        return getattr(_voc, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

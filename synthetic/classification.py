@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
@@ -94,8 +95,6 @@ def make_classification(
             counts[split][name] = per_class
     if workers > 1:
         # every image depends only on its own (seed, split, class, index): same bytes in parallel
-        from concurrent.futures import ProcessPoolExecutor
-
         with ProcessPoolExecutor(workers) as pool:
             list(pool.map(_write_class, *zip(*jobs)))
     else:

@@ -18,6 +18,7 @@ Both fixtures return the root as a ``pathlib.Path``; the generator's summary dic
 """
 
 import pytest
+import torch
 
 import synthetic
 
@@ -25,6 +26,16 @@ SYNTHETIC_CLS_KWARGS = dict(
     seed=0, num_classes=8, train_per_class=20, val_per_class=8, image_size=64
 )
 SYNTHETIC_VOC_KWARGS = dict(seed=0, trainval_images=16, test_images=12, min_side=128, max_side=160)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test on one torch thread: on a small shared CPU, OpenMP threads of several busy
+    processes spin-wait on each other and tiny convolutions take 10x longer."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -90,11 +90,9 @@ def test_ap50_claim_needs_a_paired_difference_beyond_noise():
 def test_gpu_preset_configs_build_and_fit_the_budget(tmp_path):
     """The GPU preset cannot run here: build its two configs the way the pipeline does and
     check what it relies on."""
-    from detectron2.config import get_cfg
-
     from demo.pipeline import pretrain_opts
     from demo.presets import PRESETS, default_preset_name
-    from detection.config import add_moco_detection_config
+    from detection.config import load_cfg as load_detection_cfg
     from pretrain.config import load_cfg
 
     gpu = PRESETS["gpu"]
@@ -106,10 +104,9 @@ def test_gpu_preset_configs_build_and_fit_the_budget(tmp_path):
     images = gpu.num_classes * gpu.train_per_class
     assert cfg.MODEL.K < images and cfg.MODEL.K % cfg.SOLVER.BATCH_SIZE == 0
 
-    dcfg = get_cfg()
-    add_moco_detection_config(dcfg)
-    dcfg.merge_from_file(gpu.detect_config)
-    dcfg.merge_from_list([*gpu.detection_opts, "TRANSFER.VOC_LIKE_ROOT", data["voc"]])
+    dcfg = load_detection_cfg(
+        gpu.detect_config, [*gpu.detection_opts, "TRANSFER.VOC_LIKE_ROOT", data["voc"]]
+    )
     assert dcfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm"
     assert dcfg.MODEL.RESNETS.WIDTH_PER_GROUP == 64 and dcfg.MODEL.DEVICE == "cuda"
     assert dcfg.SOLVER.IMS_PER_BATCH == 16 and dcfg.SOLVER.AMP.ENABLED

@@ -2,9 +2,8 @@
 
 import os
 
-from detectron2.config import get_cfg
-
-from detection.config import add_moco_detection_config, resolve_single_process
+from detection.config import load_cfg as load_detection_cfg
+from detection.config import resolve_single_process
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO, "configs", "detection")
@@ -13,11 +12,7 @@ TINY_CONFIG = os.path.join(CONFIG_DIR, "tiny_synthetic.yaml")
 
 def load_cfg(path, *opts):
     """Config file ``path`` merged with KEY VALUE ``opts``, with this project's keys."""
-    cfg = get_cfg()
-    add_moco_detection_config(cfg)
-    cfg.merge_from_file(path)
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return load_detection_cfg(path, opts)
 
 
 def tiny_cfg(voc_root, *opts):

@@ -5,22 +5,9 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+from moco_helpers import ToyEncoder
 
 from pretrain.builder import MoCo, build_encoder_factory
-
-
-class ToyEncoder(nn.Module):
-    """conv-BN-ReLU-pool-fc: the smallest module with the ResNet ``fc`` interface and BN."""
-
-    def __init__(self, num_classes=128, width=8):
-        super().__init__()
-        self.conv = nn.Conv2d(3, width, 3, padding=1)
-        self.bn = nn.BatchNorm2d(width)
-        self.fc = nn.Linear(width, num_classes)
-
-    def forward(self, x):
-        x = torch.relu(self.bn(self.conv(x)))
-        return self.fc(x.mean((2, 3)))
 
 
 def _moco(**kw):

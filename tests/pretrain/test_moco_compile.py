@@ -8,8 +8,8 @@ import logging
 
 import pytest
 import torch
-import torch.nn as nn
 from detectron2.utils.events import EventStorage
+from moco_helpers import ToyEncoder
 from torch._dynamo.utils import counters
 
 import pretrain.builder as builder
@@ -18,20 +18,6 @@ from pretrain.config import get_pretrain_cfg
 from pretrain.engine import LoopContext, train_one_epoch
 
 BATCH = 4
-
-
-class ToyEncoder(nn.Module):
-    """conv-BN-ReLU-pool-fc: the smallest module with the ResNet ``fc`` interface and BN."""
-
-    def __init__(self, num_classes=128, width=8):
-        super().__init__()
-        self.conv = nn.Conv2d(3, width, 3, padding=1)
-        self.bn = nn.BatchNorm2d(width)
-        self.fc = nn.Linear(width, num_classes)
-
-    def forward(self, x):
-        x = torch.relu(self.bn(self.conv(x)))
-        return self.fc(x.mean((2, 3)))
 
 
 def _loader(n=4):

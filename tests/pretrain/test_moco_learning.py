@@ -11,8 +11,8 @@ import logging
 import pytest
 import torch
 
-from evaluation.knn import knn_accuracy
 from pretrain.builder import build_moco
+from pretrain.knn import knn_accuracy
 
 logger = logging.getLogger(__name__)
 MARGIN = 0.04  # kNN top-1 gain over random init required (chance is 1/8 = 0.125)

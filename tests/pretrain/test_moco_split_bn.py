@@ -1,29 +1,21 @@
 """Split BN in one pass equals running the key encoder chunk by chunk (CPU, toy encoders)."""
 
 import copy
+import functools
 
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from moco_helpers import ToyEncoder
 
 from pretrain.builder import MoCo, SplitBatchNorm1d, SplitBatchNorm2d
 
 SPLITS = 4
 
 
-class ToyEncoder(nn.Module):
-    """conv-BN-ReLU-pool-fc with the ResNet ``fc`` interface (the MLP head adds BatchNorm1d)."""
-
-    def __init__(self, num_classes=16, width=6):
-        super().__init__()
-        self.conv = nn.Conv2d(3, width, 3, padding=1)
-        self.bn = nn.BatchNorm2d(width)
-        self.fc = nn.Linear(width, num_classes)
-
-    def forward(self, x):
-        x = torch.relu(self.bn(self.conv(x)))
-        return self.fc(x.mean((2, 3)))
+# six channels: the toy encoder these tests were written with (the MLP head adds BatchNorm1d)
+ThinToyEncoder = functools.partial(ToyEncoder, width=6)
 
 
 def chunked_reference(encoder: nn.Module, x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
@@ -36,9 +28,9 @@ def _pair():
     """(plain, split): two MoCo models with identical weights, key BN whole vs split."""
     kw = dict(dim=16, K=32, m=0.9, T=0.2, mlp=True, mlp_hidden=12, head_bn=True, out_bn=True)
     torch.manual_seed(0)
-    plain = MoCo(ToyEncoder, key_bn_splits=1, **kw)
+    plain = MoCo(ThinToyEncoder, key_bn_splits=1, **kw)
     torch.manual_seed(0)
-    split = MoCo(ToyEncoder, key_bn_splits=SPLITS, **kw)
+    split = MoCo(ThinToyEncoder, key_bn_splits=SPLITS, **kw)
     return plain, split
 
 

@@ -1,12 +1,17 @@
 """Weighted kNN: voting, feature extraction and the moco-knn CLI on the synthetic set."""
 
 import json
+import re
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from evaluation.knn import extract_features, knn_classify, main
+from pretrain.checkpoint import CheckpointError
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_knn_separates_clusters():
@@ -48,3 +53,11 @@ def test_cli_random_init(synthetic_cls_root, capsys):
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["knn_top1"] == result["knn_top1"]
     assert 0.0 <= result["knn_top1"] <= 1.0
+
+
+def test_knn_cli_on_corrupt_checkpoint_names_the_file(tmp_path, synthetic_cls_root):
+    path = tmp_path / "last.pth"
+    path.write_bytes(b"\x80\x02garbage")
+    args = ["--checkpoint", str(path), "--data", str(synthetic_cls_root), "--device", "cpu"]
+    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+        main(args)
