@@ -249,7 +249,7 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg, ctx: Loop
 
         if skipped[:, 1].any():  # (first, count) per sample: name distinct files, not events
             paths = loader.dataset.paths
-            _note_skipped([paths[i] for i in skipped_indices(skipped, len(paths))], ctx)
+            _note_skipped([paths[j] for j in skipped_indices(skipped, len(paths))], ctx)
         storage.iter = ctx.iteration
         _log_startup(ctx, storage, step_end - end - data_time)
         storage.put_scalars(

@@ -25,7 +25,7 @@ def _loader(n=4):
     g = torch.Generator().manual_seed(0)
     for _ in range(n):
         views = [torch.randn(BATCH, 3, 8, 8, generator=g) for _ in range(2)]
-        yield views, torch.zeros(BATCH, dtype=torch.long)
+        yield views, torch.zeros(BATCH, 2, dtype=torch.long)  # (first, count) per sample
 
 
 def _moco():

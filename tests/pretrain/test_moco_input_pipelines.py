@@ -224,5 +224,7 @@ def test_pipeline_key_values_and_the_old_boolean():
     assert load_cfg("").INPUT.PIPELINE == "pil"
     with pytest.raises(ValueError, match="INPUT.PIPELINE='gpu'.*pil, batched, device"):
         load_cfg("", ["INPUT.PIPELINE", "gpu"])
-    with pytest.raises(KeyError, match='renamed to INPUT.PIPELINE.*"batched"'):
+    with pytest.raises(
+        ValueError, match='command-line overrides.*renamed to INPUT.PIPELINE.*"batched"'
+    ):
         load_cfg("", ["INPUT.BATCHED_AUG", "True"])

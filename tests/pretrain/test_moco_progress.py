@@ -30,7 +30,7 @@ class StallingLoader:
             if i in self.slow:
                 time.sleep(STALL)
             views = [torch.randn(BATCH, 3, 8, 8, generator=g) for _ in range(2)]
-            yield views, torch.zeros(BATCH, dtype=torch.long)
+            yield views, torch.zeros(BATCH, 2, dtype=torch.long)  # (first, count) per sample
 
 
 class _Capture(logging.Handler):
