@@ -17,6 +17,9 @@ Both fixtures return the root as a ``pathlib.Path``; the generator's summary dic
 ``<root>/summary.json``.
 """
 
+import importlib.util
+import os
+
 import pytest
 import torch
 
@@ -107,3 +110,17 @@ def tiny_moco_run(tmp_path_factory):
         result=result,
         minutes=(time.perf_counter() - start) / 60,
     )
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """``load_benchmark(name)``: import ``benchmarks/<name>.py`` (a script, not a package)."""
+
+    def load(name):
+        path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

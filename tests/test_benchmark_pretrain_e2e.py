@@ -1,21 +1,13 @@
 """Helpers of benchmarks/pretrain_e2e.py at the tiniest size (so the script does not rot)."""
 
-import importlib.util
-import os
 
 import pytest
 from PIL import Image
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture(scope="module")
-def bench():
-    path = os.path.join(REPO, "benchmarks", "pretrain_e2e.py")
-    spec = importlib.util.spec_from_file_location("pretrain_e2e", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("pretrain_e2e")
 
 
 def test_jpeg_folder_is_an_image_folder_of_the_asked_size(bench, tmp_path):

@@ -1,22 +1,12 @@
 """benchmarks/detection_speed.py runs end to end at the tiniest size (so it does not rot)."""
 
-import importlib.util
 import json
-import os
-
-from det_helpers import REPO
 
 
-def _load_benchmark():
-    path = os.path.join(REPO, "benchmarks", "detection_speed.py")
-    spec = importlib.util.spec_from_file_location("detection_speed", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_detection_speed_benchmark_tiny_profiled_run(tiny_voc_root, tmp_path, one_thread):
-    bench = _load_benchmark()
+def test_detection_speed_benchmark_tiny_profiled_run(
+    tiny_voc_root, tmp_path, one_thread, load_benchmark
+):
+    bench = load_benchmark("detection_speed")
     out = tmp_path / "speed.json"
     # "all": every speed option at once (AMP is switched off on CPU, compile uses the eager
     # backend), profiled over one step after one warm-up step
@@ -39,8 +29,8 @@ def test_detection_speed_benchmark_tiny_profiled_run(tiny_voc_root, tmp_path, on
     assert result["rows"]["all"]["s_per_iter"] == row["s_per_iter"]
 
 
-def test_failed_variant_is_a_table_row_not_a_crash():
-    bench = _load_benchmark()
+def test_failed_variant_is_a_table_row_not_a_crash(load_benchmark):
+    bench = load_benchmark("detection_speed")
     ok = {"s_per_iter": 1.0, "data_s_per_iter": 0.1, "max_mem_gib": 2.0, "notes": []}
     table = bench.format_table({"fp32": ok, "amp": {"error": "OutOfMemoryError: CUDA"}})
     lines = table.splitlines()
