@@ -91,9 +91,10 @@ PRESETS = {
             "SOLVER.CHECKPOINT_PERIOD", "100",
         ),
         seeds=(0, 1000, 2000),
-        # detect: 3 trials per init one after another, both inits at once; a 300-iteration
-        # trial took about 150 s at load about 2: 3 trials in 456 s (docs/tiny_recipe.md).
-        estimates={"data": 15, "pretrain": 580, "knn": 30, "convert": 5, "detect": 460},
+        # one `python -m demo` run on a quiet 2-core CPU, 2026-11-24 (11 min 48 s in all; README
+        # "Demo results"): data 2 s, pretraining 232 s, kNN 9 s, conversion < 1 s, detection
+        # 460 s (3 trials per init one after another, both inits at once).
+        estimates={"data": 5, "pretrain": 235, "knn": 10, "convert": 2, "detect": 460},
     ),
     "smoke": Preset(
         name="smoke",
