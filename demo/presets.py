@@ -137,15 +137,7 @@ PRESETS = {
         data_workers=12,
         voc_trainval=400,
         voc_test=100,
-        voc_kwargs={
-            "min_side": 375,
-            "max_side": 500,
-            "max_objects": 2,
-            "clutter": 0,
-            "size_range": (0.2, 0.4),
-            "distractor_p": 0.0,
-            "classes": ("disk", "square", "triangle"),
-        },
+        voc_kwargs={**CPU_VOC, "min_side": 375, "max_side": 500},  # the same set at VOC sizes
         pretrain_config=GPU_PRETRAIN_CFG,
         pretrain_opts=(
             "MODEL.DEVICE", "cuda",

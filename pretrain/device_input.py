@@ -73,6 +73,13 @@ def _is_rgb_image(x) -> bool:
     return torch.is_tensor(x) and x.dim() == 3 and x.shape[0] == 3 and min(x.shape[1:]) > 0
 
 
+def _warn_once(seen: set, path: str, message: str, *args) -> None:
+    """Log ``message % (path, *args, len(seen))`` the first time ``path`` joins ``seen``."""
+    if path not in seen:
+        seen.add(path)
+        logger.warning(message, path, *args, len(seen))
+
+
 class DeviceInput:
     """Encoded batches -> two augmented views on ``device``: the "device" INPUT.PIPELINE.
 
@@ -121,25 +128,21 @@ class DeviceInput:
             try:
                 out[i] = _cpu_decode(files[i]).to(self.device)
             except Exception as e:  # no decoder reads it: replaced below
-                if paths[i] not in self.unreadable_files:
-                    self.unreadable_files.add(paths[i])
-                    logger.warning(
-                        "Cannot decode %s (%s: %s); replaced by another image of its batch "
-                        "(%d such file(s) so far)",
-                        paths[i],
-                        type(e).__name__,
-                        e,
-                        len(self.unreadable_files),
-                    )
-                continue
-            if paths[i] not in self.fallback_files:
-                self.fallback_files.add(paths[i])
-                logger.warning(
-                    "%s is not a JPEG the batched decoder reads (e.g. PNG, CMYK); decoded on "
-                    "the CPU (%d such file(s) so far)",
+                _warn_once(
+                    self.unreadable_files,
                     paths[i],
-                    len(self.fallback_files),
+                    "Cannot decode %s (%s: %s); replaced by another image of its batch "
+                    "(%d such file(s) so far)",
+                    type(e).__name__,
+                    e,
                 )
+                continue
+            _warn_once(
+                self.fallback_files,
+                paths[i],
+                "%s is not a JPEG the batched decoder reads (e.g. PNG, CMYK); decoded on the CPU "
+                "(%d such file(s) so far)",
+            )
         good = [i for i, x in enumerate(out) if x is not None]
         if not good:
             raise RuntimeError(f"no image of the batch could be decoded: {list(paths)}")
