@@ -135,13 +135,13 @@ def _note_skipped(paths, ctx: LoopContext) -> None:
         logger.warning("%d unreadable image(s) skipped so far", ctx.skipped_images)
 
 
-def _check_finite(loss: torch.Tensor, epoch: int, ctx: LoopContext, lr: float) -> None:
+def _check_finite(loss, epoch: int, ctx: LoopContext, lr: float) -> None:
     """Raise FloatingPointError when ``loss`` is NaN/inf or above ``ctx.loss_limit``.
 
     The message names the step, the lr, the likely fixes and the last good checkpoint
     (``ctx.last_good``) with the --resume / --no-auto-resume choices.
     """
-    value = loss.item()
+    value = float(loss)  # a float or a 0-d tensor
     if math.isfinite(value) and value <= ctx.loss_limit:
         return
     what = f"{value}" if math.isfinite(value) else f"{value} (non-finite)"
@@ -227,7 +227,6 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg, ctx: Loop
         ):
             out = model(im_q, im_k)
         loss = out["loss"]
-        _check_finite(loss, epoch, ctx, lr)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -243,6 +242,9 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg, ctx: Loop
             values = torch.stack(
                 [loss.detach().float(), acc1, out["emb_std"].float(), out["neg_cos"].float()]
             ).tolist()
+        # checked on the copy above (one host sync per step, not two); a diverged step stops the
+        # run here, before anything is written from its weights
+        _check_finite(values[0], epoch, ctx, lr)
         step_end = time.perf_counter()
         ctx.speed.add(step_end - mark, im_q.shape[0] * world, data_time, epoch_start=i == 0)
         mark = step_end
