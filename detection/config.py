@@ -64,6 +64,16 @@ def add_moco_detection_config(cfg):
     # torch CPU threads per process when MODEL.DEVICE is "cpu" (0: torch's default). On a small
     # CPU shared with other jobs, 1 avoids OpenMP threads spin-waiting on each other.
     _C.TRANSFER.CPU_THREADS = 0
+    # "SGD" (detectron2's optimizer, the recipe's) or "AdamW" (same parameter groups, lr and
+    # weight decay; SOLVER.MOMENTUM unused).
+    _C.TRANSFER.OPTIMIZER = "SGD"
+    # Norm of the extra layer after res5 in the ROI head (Res5ROIHeadsExtraNorm); "" uses
+    # MODEL.RESNETS.NORM, as the recipe does. Its statistics are taken over the sampled ROIs
+    # (ROI_HEADS.BATCH_SIZE_PER_IMAGE x images), so "BN" stays well estimated at small image
+    # batches where the backbone uses FrozenBN: without a working norm there, the res5 output of
+    # a pre-trained network feeds the box predictor unnormalised and the tiny CPU detector's
+    # classifier never left "background" (docs/tiny_recipe.md).
+    _C.TRANSFER.EXTRA_NORM = ""
 
     # --- Speed options. Off (or detectron2's behaviour) by default unless numerically neutral;
     # the published-number comparison assumes the defaults (fp32 as in the reference).
@@ -132,6 +142,10 @@ def resolve_single_process(cfg, world_size):
     if world_size == 1 and norm in SYNC_NORMS and cfg.TRANSFER.SYNC_NORM_TO_BN_IN_ONE_PROCESS:
         cfg.MODEL.RESNETS.NORM = "BN"
         notes.append(f"MODEL.RESNETS.NORM {norm} -> BN (one process: nothing to synchronise)")
+    extra = cfg.TRANSFER.EXTRA_NORM
+    if world_size == 1 and extra in SYNC_NORMS and cfg.TRANSFER.SYNC_NORM_TO_BN_IN_ONE_PROCESS:
+        cfg.TRANSFER.EXTRA_NORM = "BN"
+        notes.append(f"TRANSFER.EXTRA_NORM {extra} -> BN (one process: nothing to synchronise)")
     if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
         cfg.SOLVER.AMP.ENABLED = False
         notes.append("SOLVER.AMP.ENABLED True -> False (detectron2's AMPTrainer needs CUDA)")

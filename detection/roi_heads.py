@@ -10,8 +10,9 @@ class Res5ROIHeadsExtraNorm(Res5ROIHeads):
 
     In the MoCo paper the pre-trained features are fine-tuned with BN everywhere (SyncBN across
     GPUs); the C4 box head has no norm between res5 and the box predictor, so one is added.
-    The layer uses ``MODEL.RESNETS.NORM`` and the res5 output width; it is not part of a
-    converted backbone and starts from the norm's own initialisation.
+    The layer uses ``TRANSFER.EXTRA_NORM`` (``MODEL.RESNETS.NORM`` when empty) and the res5
+    output width; it is not part of a converted backbone and starts from the norm's own
+    initialisation.
     """
 
     @classmethod
@@ -26,5 +27,6 @@ class Res5ROIHeadsExtraNorm(Res5ROIHeads):
             output channels.
         """
         seq, out_channels = super()._build_res5_block(cfg)
-        seq.add_module("norm", get_norm(cfg.MODEL.RESNETS.NORM, out_channels))
+        norm = cfg.get("TRANSFER", {}).get("EXTRA_NORM", "") or cfg.MODEL.RESNETS.NORM
+        seq.add_module("norm", get_norm(norm, out_channels))
         return seq, out_channels

@@ -128,7 +128,11 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_optimizer(cls, cfg, model):
         """detectron2's SGD (its parameter groups and hyper-parameters; ``TRANSFER.SGD_IMPL``
-        picks foreach, fused or for-loop kernels). Returns the optimizer."""
+        picks foreach, fused or for-loop kernels), or AdamW over the same parameter groups
+        (``TRANSFER.OPTIMIZER``). Returns the optimizer."""
+        name = cfg.TRANSFER.OPTIMIZER
+        if name not in ("SGD", "AdamW"):
+            raise ValueError(f"TRANSFER.OPTIMIZER must be 'SGD' or 'AdamW', got {name!r}")
         params = get_default_optimizer_params(
             model,
             base_lr=cfg.SOLVER.BASE_LR,
@@ -136,6 +140,11 @@ class Trainer(DefaultTrainer):
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
         )
+        if name == "AdamW":
+            optimizer = torch.optim.AdamW(
+                params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY
+            )
+            return maybe_add_gradient_clipping(cfg, optimizer)
         impl = cfg.TRANSFER.SGD_IMPL
         if impl not in SGD_IMPLS:
             raise ValueError(f"TRANSFER.SGD_IMPL must be one of {SGD_IMPLS}, got {impl!r}")
