@@ -145,21 +145,47 @@ def test_one_process_uses_plain_bn_and_no_amp_on_cpu():
     resolve_single_process(cfg, world_size=1)
     assert cfg.MODEL.RESNETS.NORM == "naiveSyncBN"
 
+    # the extra norm after res5 follows the same rule when it is set on its own
+    cfg = load_cfg(VOC_MOCO, "MODEL.RESNETS.NORM", "FrozenBN", "TRANSFER.EXTRA_NORM", "SyncBN")
+    notes = resolve_single_process(cfg, world_size=1)
+    assert (cfg.MODEL.RESNETS.NORM, cfg.TRANSFER.EXTRA_NORM) == ("FrozenBN", "BN")
+    assert notes == ["TRANSFER.EXTRA_NORM SyncBN -> BN (one process: nothing to synchronise)"]
+    cfg = load_cfg(VOC_MOCO, "TRANSFER.EXTRA_NORM", "SyncBN")
+    assert resolve_single_process(cfg, world_size=2) == [] and cfg.TRANSFER.EXTRA_NORM == "SyncBN"
 
-def test_transfer_optimizer_is_detectron2_sgd():
+
+@pytest.mark.parametrize("name", ["SGD", "AdamW", "Adam"])
+def test_transfer_optimizer_choice(name):
     import torch
 
     from detection.train_net import Trainer
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    cfg = load_cfg(TINY_CONFIG, "SOLVER.BASE_LR", "0.5")
+    cfg = load_cfg(TINY_CONFIG, "TRANSFER.OPTIMIZER", name, "SOLVER.BASE_LR", "0.5")
+    if name == "Adam":
+        with pytest.raises(ValueError, match="TRANSFER.OPTIMIZER"):
+            Trainer.build_optimizer(cfg, model)
+        return
     opt = Trainer.build_optimizer(cfg, model)
-    assert isinstance(opt, torch.optim.SGD)
+    assert isinstance(opt, {"SGD": torch.optim.SGD, "AdamW": torch.optim.AdamW}[name])
     groups = opt.param_groups
     assert sum(len(g["params"]) for g in groups) == 4 and all(g["lr"] == 0.5 for g in groups)
     # detectron2's groups: no weight decay on the BN parameters (SOLVER.WEIGHT_DECAY_NORM 0)
     bn = {id(p) for p in model[1].parameters()}
     assert all(g["weight_decay"] == 0.0 for g in groups if id(g["params"][0]) in bn)
+    if name == "AdamW":
+        assert all(g["fused"] for g in groups)  # one kernel for the whole update
+        model(torch.randn(2, 3, 5, 5)).sum().backward()
+        before = model[0].weight.detach().clone()
+        opt.step()
+        assert not torch.equal(model[0].weight, before)
+
+
+def test_recipe_configs_use_sgd():
+    assert load_cfg(TINY_CONFIG).TRANSFER.OPTIMIZER == "SGD"
+    for path in CONFIGS:
+        if os.path.basename(path).startswith("pascal_voc"):
+            assert load_cfg(path).TRANSFER.OPTIMIZER == "SGD", path
 
 
 @pytest.mark.parametrize("variant", ["moco", "supervised"])

@@ -30,6 +30,20 @@ def test_extra_norm_closes_res5(tiny_voc_root):
     assert norm.num_features == heads.res5[2].out_channels == 2048
 
 
+def test_extra_norm_can_differ_from_the_backbone_norm(tiny_voc_root):
+    from detectron2.layers import FrozenBatchNorm2d
+
+    # FrozenBN backbone (small image batches), BN over the sampled ROIs after res5
+    cfg = tiny_cfg(tiny_voc_root, "MODEL.RESNETS.NORM", "FrozenBN", "TRANSFER.EXTRA_NORM", "BN")
+    model = build_model(cfg)
+    assert isinstance(model.roi_heads.res5.norm, torch.nn.BatchNorm2d)
+    assert isinstance(model.roi_heads.res5[0].conv1.norm, FrozenBatchNorm2d)
+    assert isinstance(model.backbone.stem.conv1.norm, FrozenBatchNorm2d)
+    # empty: the backbone's norm, as in the recipe
+    cfg = tiny_cfg(tiny_voc_root, "MODEL.RESNETS.NORM", "FrozenBN")
+    assert isinstance(build_model(cfg).roi_heads.res5.norm, FrozenBatchNorm2d)
+
+
 def test_trains_two_iterations_with_finite_losses(synthetic_voc_root, one_thread):
     cfg = tiny_cfg(synthetic_voc_root, "SOLVER.BASE_LR", "0.01")
     register_from_config(cfg)
