@@ -181,7 +181,7 @@ def _relay_lines(stream, prefix: str) -> None:
 def run_detection(out: str, weights: dict, voc: str, preset: Preset, seeds) -> dict:
     """Multi-seed fine-tunes through the trial runner, one runner process per entry of
     ``weights`` (name -> MODEL.WEIGHTS, "" for random init), all at once: on CPU each trial uses
-    one thread (configs/detection/tiny_synthetic.yaml), so the two inits share a 2-core machine
+    one thread (configs/detection/tiny_demo.yaml), so the two inits share a 2-core machine
     without slowing each other much; on one GPU the two inits share it. Returns the loaded
     summaries by name. Finished trials are kept, so a rerun continues where an interrupted one
     stopped."""

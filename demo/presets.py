@@ -10,7 +10,8 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_PRETRAIN_CFG = os.path.join(ROOT, "configs", "pretrain", "tiny_synthetic.yaml")
-TINY_DETECT_CFG = os.path.join(ROOT, "configs", "detection", "tiny_synthetic.yaml")
+# the tiny detector at the demo's data and schedule (FrozenBN backbone, AdamW, 600 iterations)
+DEMO_DETECT_CFG = os.path.join(ROOT, "configs", "detection", "tiny_demo.yaml")
 GPU_PRETRAIN_CFG = os.path.join(ROOT, "configs", "pretrain", "moco_v2_200ep.yaml")
 # The one-GPU VOC config: IMS_PER_BATCH 16 on one GPU.
 GPU_DETECT_CFG = os.path.join(ROOT, "configs", "detection", "pascal_voc_R_50_C4_24k_moco_1gpu.yaml")
@@ -42,7 +43,7 @@ class Preset:
     # processes generating the classification set
     data_workers: int = 1
     pretrain_config: str = TINY_PRETRAIN_CFG
-    detect_config: str = TINY_DETECT_CFG
+    detect_config: str = DEMO_DETECT_CFG
     # "cpu" or "cuda": where kNN runs; the configs' own device keys are set in the opts
     device: str = "cpu"
     # extra arguments of the detection trial runner (python -m detection.trials)
@@ -75,21 +76,8 @@ PRESETS = {
         voc_test=100,
         voc_kwargs=CPU_VOC,
         pretrain_opts=("CPU_THREADS", "2"),
-        detection_opts=(
-            # keep the backbone's (pretrained) BN statistics and affine: train-mode BN at batch
-            # 2 cost MoCo init most of its AP (docs/tiny_recipe.md)
-            "MODEL.RESNETS.NORM", "FrozenBN",
-            "MODEL.ROI_HEADS.NUM_CLASSES", "3",
-            "TRANSFER.VOC_LIKE_CLASSES", "('disk', 'square', 'triangle')",
-            "MODEL.ANCHOR_GENERATOR.SIZES", "[[32, 64, 128]]",
-            "INPUT.MIN_SIZE_TRAIN", "(112,)",
-            "INPUT.MIN_SIZE_TEST", "112",
-            "SOLVER.MAX_ITER", "300",
-            "SOLVER.STEPS", "(260,)",
-            "SOLVER.BASE_LR", "0.01",
-            "SOLVER.WARMUP_ITERS", "20",
-            "SOLVER.CHECKPOINT_PERIOD", "100",
-        ),
+        # configs/detection/tiny_demo.yaml as it is
+        detection_opts=(),
         seeds=(0, 1000, 2000),
         # one `python -m demo` run on a quiet 2-core CPU, 2026-11-24 (11 min 48 s in all; README
         # "Demo results"): data 2 s, pretraining 232 s, kNN 9 s, conversion < 1 s, detection
@@ -112,9 +100,6 @@ PRESETS = {
             "SOLVER.WARMUP_EPOCHS", "0.0",
         ),
         detection_opts=(
-            "MODEL.RESNETS.NORM", "FrozenBN",
-            "MODEL.ROI_HEADS.NUM_CLASSES", "3",
-            "TRANSFER.VOC_LIKE_CLASSES", "('disk', 'square', 'triangle')",
             "SOLVER.MAX_ITER", "2",
             "SOLVER.STEPS", "(1,)",
             "SOLVER.WARMUP_ITERS", "1",

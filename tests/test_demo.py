@@ -7,6 +7,8 @@ artefacts, that the report reflects the summaries, and that a rerun skips finish
 import json
 import os
 
+import pytest
+
 from demo.__main__ import main
 
 
@@ -116,3 +118,26 @@ def test_gpu_preset_configs_build_and_fit_the_budget(tmp_path):
     assert sum(gpu.estimates.values()) <= 15 * 60
     assert sum(PRESETS["default"].estimates.values()) <= 20 * 60
     assert default_preset_name() in ("gpu", "default")
+
+
+@pytest.mark.parametrize("name", ["default", "smoke"])
+def test_cpu_presets_detect_the_generated_classes_with_the_demo_detector(name):
+    from demo.presets import CPU_VOC, PRESETS
+    from detection.config import load_cfg as load_detection_cfg
+
+    preset = PRESETS[name]
+    assert preset.voc_kwargs["classes"] == CPU_VOC["classes"]
+    cfg = load_detection_cfg(preset.detect_config, list(preset.detection_opts))
+    assert tuple(cfg.TRANSFER.VOC_LIKE_CLASSES) == CPU_VOC["classes"]
+    assert cfg.MODEL.ROI_HEADS.NUM_CLASSES == len(CPU_VOC["classes"])
+    assert cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm"
+    assert cfg.MODEL.RESNETS.WIDTH_PER_GROUP == 16  # the thin net the tiny pretraining makes
+    # the settings the demo's detector was measured with (docs/tiny_recipe.md)
+    assert (cfg.MODEL.RESNETS.NORM, cfg.TRANSFER.EXTRA_NORM) == ("FrozenBN", "BN")
+    assert cfg.TRANSFER.OPTIMIZER == "AdamW" and cfg.MODEL.DEVICE == "cpu"
+    # anchors cover the generated objects (radius 0.2-0.4 of a 96-128 px short side)
+    lo, hi = CPU_VOC["size_range"]
+    sizes = cfg.MODEL.ANCHOR_GENERATOR.SIZES[0]
+    assert min(sizes) <= 2 * lo * CPU_VOC["min_side"] and max(sizes) >= 2 * hi * CPU_VOC["min_side"]
+    if name == "default":
+        assert cfg.SOLVER.MAX_ITER == 600 and len(preset.seeds) >= 3
