@@ -70,9 +70,9 @@ def add_moco_detection_config(cfg):
     # Norm of the extra layer after res5 in the ROI head (Res5ROIHeadsExtraNorm); "" uses
     # MODEL.RESNETS.NORM, as the recipe does. Its statistics are taken over the sampled ROIs
     # (ROI_HEADS.BATCH_SIZE_PER_IMAGE x images), so "BN" stays well estimated at small image
-    # batches where the backbone uses FrozenBN: without a working norm there, the res5 output of
-    # a pre-trained network feeds the box predictor unnormalised and the tiny CPU detector's
-    # classifier never left "background" (docs/tiny_recipe.md).
+    # batches where the backbone uses FrozenBN; there a FrozenBN extra norm (an identity) left
+    # the res5 output unnormalised and cost the demo's detector 18 AP50 points
+    # (docs/tiny_recipe.md).
     _C.TRANSFER.EXTRA_NORM = ""
 
     # --- Speed options. Off (or detectron2's behaviour) by default unless numerically neutral;

@@ -1,6 +1,5 @@
 """Helpers of benchmarks/pretrain_e2e.py at the tiniest size (so the script does not rot)."""
 
-
 import pytest
 from PIL import Image
 

@@ -112,6 +112,7 @@ def test_gpu_preset_configs_build_and_fit_the_budget(tmp_path):
     assert dcfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm"
     assert dcfg.MODEL.RESNETS.WIDTH_PER_GROUP == 64 and dcfg.MODEL.DEVICE == "cuda"
     assert dcfg.SOLVER.IMS_PER_BATCH == 16 and dcfg.SOLVER.AMP.ENABLED
+    assert dcfg.TRANSFER.OPTIMIZER == "AdamW"  # as the CPU demo (docs/tiny_recipe.md)
     assert dcfg.MODEL.ROI_HEADS.NUM_CLASSES == len(gpu.voc_kwargs["classes"])
     assert tuple(dcfg.TRANSFER.VOC_LIKE_CLASSES) == tuple(gpu.voc_kwargs["classes"])
     assert dcfg.SOLVER.MAX_ITER < 1000 and max(dcfg.SOLVER.STEPS) < dcfg.SOLVER.MAX_ITER
