@@ -205,6 +205,7 @@ def run_detection(out: str, weights: dict, voc: str, preset: Preset, seeds) -> d
                 "MODEL.WEIGHTS", w,
                 "TRANSFER.VOC_LIKE_ROOT", voc,
                 *preset.detection_opts,
+                *preset.init_opts.get(name, ()),
             ]
             # fmt: on
             logger.info("detection trials %r: %s", name, " ".join(argv[1:]))
@@ -334,8 +335,24 @@ def _per_seed_table(summaries: dict) -> str:
     return "\n".join(lines) + "\n\n" + "; ".join(stats) + ".\n"
 
 
-def write_report(out: str, knn: dict, summaries: dict) -> tuple:
+def _setup_lines(preset) -> list:
+    """Markdown lines saying how the detectors were fine-tuned: the config, the shared
+    overrides and those of each init."""
+    config = os.path.relpath(preset.detect_config, ROOT)
+    lines = [
+        f"Fine-tuned with `{config}`"
+        + (f" and `{' '.join(preset.detection_opts)}`" if preset.detection_opts else "")
+        + "."
+    ]
+    for name, opts in preset.init_opts.items():
+        lines.append(f"{name} adds `{' '.join(opts)}`.")
+    return [" ".join(lines), ""]
+
+
+def write_report(out: str, knn: dict, summaries: dict, preset=None) -> tuple:
     """Comparison tables and chart, the two claims checked, ``report.md`` and ``report.json``.
+
+    ``preset`` (optional) adds a line saying how each init was fine-tuned.
 
     Returns ``(report, text)``: the content of ``report.json`` (a dict with ``knn``,
     ``detection`` means, ``detection_std``, ``paired`` AP50 difference from
@@ -369,6 +386,7 @@ def write_report(out: str, knn: dict, summaries: dict) -> tuple:
             "## Detection transfer: Faster R-CNN R50-C4 (thin), synthetic VOC07+12 -> VOC07 test",
             "",
             table,
+            *(_setup_lines(preset) if preset is not None else []),
             "Per seed (the same seed gives both inits the same data order and head init):",
             "",
             _per_seed_table(summaries),
@@ -435,7 +453,7 @@ def run_demo(output_dir: str, preset="default", seeds=None, data_seed: int = 0) 
     progress.finish("detect")
 
     progress.start("report")
-    report, text = write_report(out, knn, summaries)
+    report, text = write_report(out, knn, summaries, preset)
     progress.finish("report", os.path.join(out, "report.md"))
     logger.info("\n%s", text)
     return report

@@ -14,6 +14,9 @@ duplicates. On a rerun:
 - a trial with ``final_metrics.json`` is finished and skipped; a damaged one is reported (exit
   status 2, nothing started) rather than silently re-evaluated;
 - a trial with a ``last_checkpoint`` resumes from it (detectron2's ``--resume``);
+- a trial folder started with another config or overrides (its ``trial_config.json``, written
+  at its first launch, differs) stops the rerun (exit status 2, nothing started), naming the
+  keys that changed, instead of mixing two settings in one summary;
 - a trial that fails is reported with the end of its log and retried once (``--retries``),
   resuming from its last checkpoint; if it fails again it is listed as failed in the summary
   and the runner exits with status 1.
@@ -40,6 +43,8 @@ import time
 
 import torch
 from detectron2.utils.logger import setup_logger
+
+from common.io import atomic_write_json
 
 from .config import load_cfg
 from .launchers import LocalLauncher, SlurmLauncher, pid_alive
@@ -70,6 +75,74 @@ def trial_dir(out_dir, index, seed):
 
 class CorruptMetricsError(ValueError):
     """``final_metrics.json`` exists but cannot be read; the message names it and the fix."""
+
+
+class ChangedConfigError(ValueError):
+    """A trial folder was started with another config than this run's; the message names the
+    folder, the keys that differ and the fix."""
+
+
+TRIAL_CONFIG = "trial_config.json"  # the config a trial folder was started with
+
+
+def comparable_config(cfg):
+    """``{"KEY.SUB": value}`` of a config without the keys set per trial (RESERVED_KEYS), as
+    written to :data:`TRIAL_CONFIG` (tuples become lists)."""
+    flat = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[prefix + key] = value
+
+    walk(cfg, "")
+    for key in RESERVED_KEYS:
+        flat.pop(key, None)
+    return json.loads(json.dumps(flat, sort_keys=True))
+
+
+def check_trial_configs(trials, config):
+    """Refuse to continue trials that were started with another config.
+
+    A rerun skips finished trials and resumes started ones, so a rerun with a changed config or
+    override would silently mix results of two settings in one summary. Every trial folder that
+    holds a :data:`TRIAL_CONFIG` must match ``config`` (from :func:`comparable_config`).
+
+    Raises:
+        ChangedConfigError: naming each differing folder and up to 5 keys (old -> new).
+    """
+    problems = []
+    for t in trials:
+        path = os.path.join(t["output_dir"], TRIAL_CONFIG)
+        if not os.path.exists(path):
+            continue
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except (OSError, ValueError) as e:
+            problems.append(f"{path}: unreadable ({e})")
+            continue
+        keys = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+        if keys:
+            shown = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in keys[:5])
+            more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+            problems.append(f"{t['output_dir']}: {shown}{more}")
+    if problems:
+        raise ChangedConfigError(
+            "not starting anything: these trials were started with another config, and "
+            "continuing them would mix two settings in one summary:\n  "
+            + "\n  ".join(problems)
+            + "\nUse a new --output-dir for the new setting (or delete those trial folders)."
+        )
+
+
+def write_trial_config(trial, config):
+    """Record ``config`` in the trial folder (once, before its first launch)."""
+    path = os.path.join(trial["output_dir"], TRIAL_CONFIG)
+    if not os.path.exists(path):
+        atomic_write_json(path, config, indent=1, sort_keys=True)
 
 
 class TrialLockError(RuntimeError):
@@ -583,13 +656,17 @@ def main(argv=None):
     else:
         launcher, slots = LocalLauncher(), make_slots(visible_gpus(), args.gpus_per_trial)
 
-    def command(t):
+    config = comparable_config(cfg)
+
+    def command(t):  # called when a trial is launched
+        write_trial_config(t, config)
         return trial_command(config_file, t, args.gpus_per_trial, opts)
 
     # SIGTERM stops the running trials like Ctrl-C (signals can only be set in the main thread).
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if in_main else None
     try:
+        check_trial_configs(trials, config)
         run_trials(
             trials,
             launcher,
@@ -604,7 +681,7 @@ def main(argv=None):
         )
     except KeyboardInterrupt:
         return 130
-    except (TrialLockError, CorruptMetricsError) as e:
+    except (TrialLockError, CorruptMetricsError, ChangedConfigError) as e:
         logger.error("%s", e)
         return 2
     finally:

@@ -186,3 +186,43 @@ def test_damaged_final_metrics_is_reported_not_rerun(tmp_path, content):
     argv = ["--config-file", TINY_CONFIG, "--output-dir", out, "--num-trials", "1"]
     assert trials_mod.main(argv + ["--reference", "none"]) == 2
     assert open(path).read() == content
+
+
+def test_a_rerun_with_another_config_is_refused(tmp_path, monkeypatch):
+    from detection.config import load_cfg
+
+    out = str(tmp_path)
+    argv = ["--config-file", TINY_CONFIG, "--output-dir", out, "--seeds", "0", "7"]
+    argv += ["--reference", "none"]
+    config = trials_mod.comparable_config(load_cfg(TINY_CONFIG, ["SOLVER.BASE_LR", "0.01"]))
+    assert "SOLVER.BASE_LR" in config and "OUTPUT_DIR" not in config and "SEED" not in config
+    # trial 1 was started earlier with lr 0.01 (it holds the config it was launched with)
+    trials = [
+        {"trial": i, "seed": s, "output_dir": trial_dir(out, i, s)} for i, s in [(0, 0), (1, 7)]
+    ]
+    trials_mod.write_trial_config(trials[1], config)
+    launched = []
+
+    def fake_run_trials(trials, *args, **kwargs):  # records the call; every trial "failed"
+        launched.append(trials)
+        for t in trials:
+            t.update(status="failed", attempts=1, resumed_from=[])
+
+    monkeypatch.setattr(trials_mod, "run_trials", fake_run_trials)
+    # the same setting continues ...
+    trials_mod.main(argv + ["SOLVER.BASE_LR", "0.01"])
+    assert len(launched) == 1
+    # ... another one is refused before anything starts, naming the folder and the change
+    with pytest.raises(
+        trials_mod.ChangedConfigError, match=r"trial_1_seed_7: SOLVER.BASE_LR: 0.01 -> 0.02"
+    ):
+        trials_mod.check_trial_configs(
+            trials, trials_mod.comparable_config(load_cfg(TINY_CONFIG, ["SOLVER.BASE_LR", "0.02"]))
+        )
+    assert trials_mod.main(argv + ["SOLVER.BASE_LR", "0.02"]) == 2
+    assert len(launched) == 1
+    log = open(os.path.join(out, "trials.log")).read()
+    assert "SOLVER.BASE_LR: 0.01 -> 0.02" in log and "new --output-dir" in log
+    # the record is written once, when a trial is first launched, and never rewritten
+    trials_mod.write_trial_config(trials[1], {"other": 1})
+    assert json.load(open(os.path.join(trials[1]["output_dir"], "trial_config.json"))) == config
