@@ -6,7 +6,8 @@
 #   benchmarks/gpu_lease.sh --part 1       # on the GPU machine, one command each,
 #   benchmarks/gpu_lease.sh --part 2       #   each under 10 minutes
 #   benchmarks/gpu_lease.sh --part 3
-#   benchmarks/gpu_lease.sh --part all     # all three in a row (no per-command limit)
+#   benchmarks/gpu_lease.sh --part 4       # the demo's GPU preset; run it twice (it resumes)
+#   benchmarks/gpu_lease.sh --part all     # parts 1-3 in a row (no per-command limit)
 #   benchmarks/gpu_lease.sh --summary      # the combined table of what $OUT holds
 #   benchmarks/gpu_lease.sh --install      # only the offline install (FORCE_INSTALL=1: redo)
 #
@@ -15,7 +16,10 @@
 #   1: pretrain_step.py (step fp32 vs optimized, data paths) and pretrain_e2e.py eager rows
 #      (reference, pil, batched, device) + the per-image loader with 16 workers;
 #   2: pretrain_e2e.py compiled rows and the per-GPU batch sweep (32, 64, 128, 256);
-#   3: detection_speed.py, every variant at batch 16 + a profile of fp32.
+#   3: detection_speed.py, every variant at batch 16 + a profile of fp32;
+#   4: python -m demo --preset gpu (estimated at about 15 minutes: the first call stops at its
+#      9.5-minute limit, the second continues where it stopped); report.md/json and the stage
+#      times (demo.log) are copied to $OUT.
 #
 # The GPU machine has torch + torchvision (Python 3.12) and no network. --prepare builds, here,
 #   .whl/                       tools/build_wheelhouse.sh --python-version 3.12, without
@@ -103,6 +107,14 @@ part3() {
     --warmup 5 --profile-iters 5 --infer-images 0 --out "$OUT/detection_profile_cuda.json"
 }
 
+part4() {
+  run 570 demo_gpu "$PY" -m demo --preset gpu --output-dir output/demo_gpu
+  for f in report.md report.json demo.log comparison.png; do
+    [ -f "output/demo_gpu/$f" ] && cp "output/demo_gpu/$f" "$OUT/demo_gpu_$f"
+  done
+  true
+}
+
 summary() {
   "$PY" - "$OUT" <<'PY'
 import glob, json, os, sys
@@ -138,8 +150,9 @@ case "${1:-}" in
       1) install && part1 ;;
       2) install && part2 ;;
       3) install && part3 ;;
+      4) install && part4 ;;
       all) install && part1 && part2 && part3 ;;
-      *) echo "gpu_lease: --part takes 1, 2, 3 or all" >&2; exit 2 ;;
+      *) echo "gpu_lease: --part takes 1, 2, 3, 4 or all" >&2; exit 2 ;;
     esac
     summary
     ;;
