@@ -178,6 +178,26 @@ def _relay_lines(stream, prefix: str) -> None:
         sys.stdout.flush()
 
 
+def _last_error(log_path: str) -> str:
+    """The last ERROR entry of a trial runner's log (with its continuation lines), or a pointer
+    to the log when there is none."""
+    try:
+        with open(log_path, errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return f"(no {log_path})"
+    # detectron2's file format: "[date time] logger LEVEL: message"
+    starts = [i for i, line in enumerate(lines) if " ERROR: " in line.split(": ", 1)[0] + ": "]
+    if not starts:
+        return f"see {log_path}"
+    entry = [lines[starts[-1]]]
+    for line in lines[starts[-1] + 1 :]:
+        if line.startswith("["):  # the next log entry
+            break
+        entry.append(line)
+    return "\n".join(entry)
+
+
 def run_detection(out: str, weights: dict, voc: str, preset: Preset, seeds) -> dict:
     """Multi-seed fine-tunes through the trial runner, one runner process per entry of
     ``weights`` (name -> MODEL.WEIGHTS, "" for random init), all at once: on CPU each trial uses
@@ -232,6 +252,19 @@ def run_detection(out: str, weights: dict, voc: str, preset: Preset, seeds) -> d
                 p.terminate()
                 p.wait()
     failed = [name for name, code in status.items() if code != 0]
+    refused = [name for name in failed if status[name] == 2]
+    if refused:
+        # exit status 2: the runner started nothing (trials locked by a live runner, a damaged
+        # final_metrics.json, or trials started with another config); its log says which
+        reasons = "\n".join(
+            f"[{name}] {_last_error(os.path.join(out, 'detection', name, 'trials.log'))}"
+            for name in refused
+        )
+        raise RuntimeError(
+            f"the detection trial runner for {refused} started nothing:\n{reasons}\n"
+            "A rerun with the same preset continues; a changed preset needs another "
+            "--output-dir."
+        )
     if failed:
         raise RuntimeError(
             f"detection trials for {failed} failed (exit {[status[n] for n in failed]}); see "

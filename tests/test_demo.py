@@ -4,12 +4,15 @@ Its numbers mean nothing at this size; the test checks that every stage ran, wro
 artefacts, that the report reflects the summaries, and that a rerun skips finished work.
 """
 
+import dataclasses
 import json
 import os
 
 import pytest
 
 from demo.__main__ import main
+from demo.pipeline import run_demo
+from demo.presets import PRESETS
 
 
 def test_demo_smoke_end_to_end_and_rerun(tmp_path, capsys):
@@ -60,6 +63,16 @@ def test_demo_smoke_end_to_end_and_rerun(tmp_path, capsys):
     assert sorted(os.listdir(trial)) == before
     assert (out / "pretrain" / "last.pth").stat().st_mtime == mtime
     assert json.loads((out / "report.json").read_text()) == report
+
+    # A changed detection setting in the same folder is refused before any trial starts, with
+    # the runner's reason, instead of summarising the old setting's trials as the new one's.
+    smoke = PRESETS["smoke"]
+    changed = dataclasses.replace(
+        smoke, detection_opts=(*smoke.detection_opts, "SOLVER.BASE_LR", "0.002")
+    )
+    with pytest.raises(RuntimeError, match=r"started nothing(.|\n)*SOLVER.BASE_LR: 0.001 -> 0.002"):
+        run_demo(str(out), changed, seeds=[0])
+    assert sorted(os.listdir(trial)) == before
 
 
 def _summary(values):
