@@ -85,10 +85,10 @@ PRESETS = {
         # FrozenBN), so each init is compared at its better norm (docs/tiny_recipe.md).
         init_opts={"random_init": ("MODEL.RESNETS.NORM", "BN")},
         seeds=(0, 1000, 2000),
-        # one `python -m demo` run on a quiet 2-core CPU, 2026-11-24 (15 min 06 s in all; README
-        # "Demo results"): data 2 s, pretraining 227 s, kNN 9 s, conversion < 1 s, detection
-        # 665 s (3 trials per init one after another, both inits at once).
-        estimates={"data": 5, "pretrain": 230, "knn": 10, "convert": 2, "detect": 665},
+        # one `python -m demo` run on a quiet 2-core CPU, 2026-11-24 (15 min 14 s in all; README
+        # "Demo results"): data 2 s, pretraining 212 s, kNN 9 s, conversion < 1 s, detection
+        # 687 s (3 trials per init one after another, both inits at once).
+        estimates={"data": 5, "pretrain": 220, "knn": 10, "convert": 2, "detect": 690},
     ),
     "smoke": Preset(
         name="smoke",
