@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -187,7 +188,7 @@ def _last_error(log_path: str) -> str:
     except OSError:
         return f"(no {log_path})"
     # detectron2's file format: "[date time] logger LEVEL: message"
-    starts = [i for i, line in enumerate(lines) if " ERROR: " in line.split(": ", 1)[0] + ": "]
+    starts = [i for i, line in enumerate(lines) if re.match(r"\[[^]]*\] \S+ ERROR: ", line)]
     if not starts:
         return f"see {log_path}"
     entry = [lines[starts[-1]]]

@@ -138,14 +138,15 @@ def resolve_single_process(cfg, world_size):
         list[str]: human-readable notes about what was changed (empty if nothing).
     """
     notes = []
-    norm = cfg.MODEL.RESNETS.NORM
-    if world_size == 1 and norm in SYNC_NORMS and cfg.TRANSFER.SYNC_NORM_TO_BN_IN_ONE_PROCESS:
-        cfg.MODEL.RESNETS.NORM = "BN"
-        notes.append(f"MODEL.RESNETS.NORM {norm} -> BN (one process: nothing to synchronise)")
-    extra = cfg.TRANSFER.EXTRA_NORM
-    if world_size == 1 and extra in SYNC_NORMS and cfg.TRANSFER.SYNC_NORM_TO_BN_IN_ONE_PROCESS:
-        cfg.TRANSFER.EXTRA_NORM = "BN"
-        notes.append(f"TRANSFER.EXTRA_NORM {extra} -> BN (one process: nothing to synchronise)")
+    if world_size == 1 and cfg.TRANSFER.SYNC_NORM_TO_BN_IN_ONE_PROCESS:
+        for node, key, name in (
+            (cfg.MODEL.RESNETS, "NORM", "MODEL.RESNETS.NORM"),
+            (cfg.TRANSFER, "EXTRA_NORM", "TRANSFER.EXTRA_NORM"),
+        ):
+            norm = node[key]
+            if norm in SYNC_NORMS:
+                node[key] = "BN"
+                notes.append(f"{name} {norm} -> BN (one process: nothing to synchronise)")
     if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
         cfg.SOLVER.AMP.ENABLED = False
         notes.append("SOLVER.AMP.ENABLED True -> False (detectron2's AMPTrainer needs CUDA)")

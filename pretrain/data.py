@@ -191,13 +191,49 @@ class EncodedImage(NamedTuple):
     path: str
 
 
+# start-of-frame markers (baseline, extended, progressive, lossless; not DHT/JPG/DAC)
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def jpeg_components(data: torch.Tensor) -> int:
+    """Colour components of a JPEG from its header (1 gray, 3 YCbCr/RGB, 4 CMYK/YCCK).
+
+    ``data``: the file's bytes as a 1-D uint8 CPU tensor. Returns 0 when the bytes do not start
+    like a JPEG or no frame header is found (the caller then decodes the file another way).
+    """
+    buf = memoryview(data.numpy())
+    n = len(buf)
+    if n < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
+        return 0
+    pos = 2
+    while pos + 3 < n:
+        if buf[pos] != 0xFF:
+            return 0
+        marker = buf[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in _SOF:
+            return buf[pos + 9] if pos + 9 < n else 0
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
+            pos += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            return 0
+        pos += 2 + ((buf[pos + 2] << 8) | buf[pos + 3])
+    return 0
+
+
 class EncodedBatch(NamedTuple):
     """Undecoded files of a batch: all bytes in one flat uint8 tensor (one shared-memory
-    transfer from a loader worker instead of one per file), per-file ``sizes`` and ``paths``."""
+    transfer from a loader worker instead of one per file), per-file ``sizes``, ``paths`` and
+    JPEG ``components`` (:func:`jpeg_components`, read in the worker so the training process
+    does not scan headers)."""
 
     flat: torch.Tensor
     sizes: List[int]
     paths: List[str]
+    components: List[int]
 
     def files(self) -> List[torch.Tensor]:
         """The per-file 1-D uint8 byte tensors (views into ``flat``)."""
@@ -208,7 +244,12 @@ def collate_encoded(samples) -> Tuple[EncodedBatch, torch.Tensor]:
     """DataLoader collate of ``(EncodedImage, skip)`` samples -> ``(EncodedBatch, Bx2 skip)``."""
     images = [s[0] for s in samples]
     flat = torch.cat([im.data for im in images])
-    batch = EncodedBatch(flat, [int(im.data.numel()) for im in images], [im.path for im in images])
+    batch = EncodedBatch(
+        flat,
+        [int(im.data.numel()) for im in images],
+        [im.path for im in images],
+        [jpeg_components(im.data) for im in images],
+    )
     return batch, torch.stack([s[1] for s in samples])
 
 

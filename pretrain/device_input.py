@@ -22,40 +22,9 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from .augment import BatchedMocoAug, sample_crop_boxes
+from .data import jpeg_components
 
 logger = logging.getLogger(__name__)
-
-# start-of-frame markers (baseline, extended, progressive, lossless; not DHT/JPG/DAC)
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
-def jpeg_components(data: torch.Tensor) -> int:
-    """Colour components of a JPEG from its header (1 gray, 3 YCbCr/RGB, 4 CMYK/YCCK).
-
-    ``data``: the file's bytes as a 1-D uint8 CPU tensor. Returns 0 when the bytes do not start
-    like a JPEG or no frame header is found (the caller then decodes the file another way).
-    """
-    buf = memoryview(data.numpy())
-    n = len(buf)
-    if n < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
-        return 0
-    pos = 2
-    while pos + 3 < n:
-        if buf[pos] != 0xFF:
-            return 0
-        marker = buf[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in _SOF:
-            return buf[pos + 9] if pos + 9 < n else 0
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
-            pos += 2
-            continue
-        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
-            return 0
-        pos += 2 + ((buf[pos + 2] << 8) | buf[pos + 3])
-    return 0
 
 
 def _cpu_decode(data: torch.Tensor) -> torch.Tensor:
@@ -96,8 +65,13 @@ class DeviceInput:
         self.fallback_files = set()
         self.unreadable_files = set()
 
-    def decode(self, files: Sequence[torch.Tensor], paths: Sequence[str]) -> List[torch.Tensor]:
+    def decode(
+        self, files: Sequence[torch.Tensor], paths: Sequence[str], components=None
+    ) -> List[torch.Tensor]:
         """Decode byte tensors into 3xHxW uint8 RGB images on the device, one per file.
+
+        ``components``: each file's :func:`pretrain.data.jpeg_components` when known (the
+        loader workers compute them, see :class:`pretrain.data.EncodedBatch`), else read here.
 
         JPEGs with 1 or 3 components are decoded in one batched call; if that call fails (one
         bad file can fail the whole batch) they are decoded one by one. Anything left goes
@@ -105,7 +79,9 @@ class DeviceInput:
         of the batch. Raises RuntimeError only when no file of the batch can be decoded.
         """
         out: List[Optional[torch.Tensor]] = [None] * len(files)
-        batched = [i for i, d in enumerate(files) if jpeg_components(d) in (1, 3)]
+        if components is None:
+            components = [jpeg_components(d) for d in files]
+        batched = [i for i, c in enumerate(components) if c in (1, 3)]
         rest = sorted(set(range(len(files))) - set(batched))
         if batched:
             try:
@@ -174,5 +150,5 @@ class DeviceInput:
 
     def views(self, batch, generator=None) -> List[torch.Tensor]:
         """An :class:`pretrain.data.EncodedBatch` -> [query views, key views], Bx3xSxS each."""
-        images = self.decode(batch.files(), batch.paths)
+        images = self.decode(batch.files(), batch.paths, batch.components)
         return [self.aug.colour(self.crop(images, generator), generator) for _ in range(2)]

@@ -295,8 +295,8 @@ class ProgressPrinter(EventWriter):
         hist = storage.histories()
         if "loss" not in hist or "images_per_s" not in hist:
             return
-        med = {k: hist[k].median(self.window) for k in ("loss", "contrastive_acc1")}
-        med.update({k: hist[k].median(self.window) for k in ("emb_std", "neg_cos")})
+        keys = ("loss", "contrastive_acc1", "emb_std", "neg_cos")
+        med = {k: hist[k].median(self.window) for k in keys}
         speed = {k: hist[k].latest() for k in ("images_per_s", "time", "data_time")}
         wait_pct = hist["data_wait_pct"].latest()
         eta = int(speed["time"] * max(self.max_iter - it - 1, 0))
