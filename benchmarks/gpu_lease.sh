@@ -14,7 +14,8 @@
 # Parts (about 5, 9 and 8 minutes on one H100; each benchmark runs under `timeout` and writes
 # its JSON after every row, so a part cut short keeps what it measured):
 #   1: pretrain_step.py (step fp32 vs optimized, data paths) and pretrain_e2e.py eager rows
-#      (reference, pil, batched, device) + the per-image loader with 16 workers;
+#      (reference, pil, batched, device) + the per-image loader with 16 workers + "batched" and
+#      "device" with their views made in line (INPUT.PREFETCH 0, the rows that come last);
 #   2: pretrain_e2e.py compiled rows and the per-GPU batch sweep (32, 64, 128, 256);
 #   3: detection_speed.py, every variant at batch 16 + a profile of fp32;
 #   4: python -m demo --preset gpu (estimated at about 15 minutes: the first call stops at its
@@ -85,9 +86,9 @@ run() {  # run SECONDS NAME COMMAND...: one benchmark under a time limit, logged
 
 part1() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" 2>&1
-  run 150 pretrain_step "$PY" benchmarks/pretrain_step.py --device cuda --size 224 --batch 256 \
+  run 120 pretrain_step "$PY" benchmarks/pretrain_step.py --device cuda --size 224 --batch 256 \
     --amp bf16 --iters 10 --warmup 3 --out "$OUT/pretrain_step_cuda.json"
-  run 360 pretrain_e2e_part1 "$PY" benchmarks/pretrain_e2e.py --data-root "$JPEGS" \
+  run 420 pretrain_e2e_part1 "$PY" benchmarks/pretrain_e2e.py --data-root "$JPEGS" \
     --rows reference "pil eager" "batched eager" "device eager" "loader only" \
     --out "$OUT/pretrain_e2e_part1.json"
 }

@@ -12,10 +12,11 @@ of ``--warmup + --iters`` iterations) and measures:
 
 Rows: the reference configuration (fp32, per-image PIL, no compile, no channels_last), the
 three input pipelines (INPUT.PIPELINE pil | batched | device) eager and compiled
-(SOLVER.COMPILE), a per-GPU batch sweep (KEY_BN_SPLITS so each split has ``--split`` images)
-and the per-image loader alone (``--workers`` processes). A row whose config the current code
-rejects is reported as ``unsupported: <error>``; one that fails while running as
-``failed: <error>``.
+(SOLVER.COMPILE), a per-GPU batch sweep (KEY_BN_SPLITS so each split has ``--split`` images),
+the per-image loader alone (``--workers`` processes), and last "batched" and "device" eager
+with their views made in line (INPUT.PREFETCH 0) instead of in the background thread. A row
+whose config the current code rejects is reported as ``unsupported: <error>``; one that fails
+while running as ``failed: <error>``.
 
     python benchmarks/pretrain_e2e.py --out benchmarks/results/pretrain_e2e_cuda.json   # GPU
     python benchmarks/pretrain_e2e.py --tiny --out benchmarks/results/pretrain_e2e_cpu.json
@@ -237,6 +238,10 @@ def build_rows(args, data_root):
         b,
         ("loader", LOADER_TARGET),
     )
+    for pipeline in ("batched", "device"):  # the same rows without INPUT.PREFETCH (default 2)
+        overrides = common(b) + ["INPUT.PIPELINE", pipeline, "SOLVER.COMPILE", "",
+                                 "INPUT.PREFETCH", 0]  # fmt: skip
+        rows[f"{pipeline} eager, in line"] = ("train", overrides, b, e2e)
     return rows
 
 

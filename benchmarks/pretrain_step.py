@@ -11,8 +11,10 @@ Prints a table and writes JSON. Rows:
   ``--compile``: compilation; use ``--warmup 3`` or more for reduce-overhead's graph capture);
 - ``data/pil``: per-image PIL decode + two aug+ views, one process (= one loader worker);
 - ``data/batched``: PIL decode to a uint8 square + batched tensor aug+ of two views on the device;
-- ``data/gpu-decode`` (CUDA only): JPEG bytes decoded on the GPU (torchvision.io.decode_jpeg)
-  + batched aug+.
+- ``data/device-decode``: the "device" pipeline's decoding alone (``DeviceInput.decode``: one
+  batched ``torchvision.io.decode_jpeg`` call, nvJPEG on CUDA, the CPU decoder on the CPU);
+- ``data/device``: the "device" pipeline as training runs it, in line (decode, crops of the full
+  image, colour stage of two views; ``DeviceInput.views``).
 
 Examples::
 
@@ -32,9 +34,7 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from torchvision.io import decode_jpeg
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -47,7 +47,8 @@ from pretrain.builder import (  # noqa: E402
     compile_encoders,
 )
 from pretrain.config import get_pretrain_cfg  # noqa: E402
-from pretrain.data import LoadAsUint8  # noqa: E402
+from pretrain.data import EncodedImage, LoadAsUint8, collate_encoded  # noqa: E402
+from pretrain.device_input import DeviceInput  # noqa: E402
 from pretrain.distributed import select_device  # noqa: E402
 from pretrain.train_net import build_optimizer  # noqa: E402
 
@@ -167,25 +168,30 @@ def bench_data(args, device, paths) -> dict:
     _sync(device)
     results["data/batched"] = len(paths) / (time.perf_counter() - t)
 
-    if device.type == "cuda":
-        side = int(round(args.size * 1.15))
+    # the "device" pipeline as training runs it: byte batches -> DeviceInput (decode, crops of
+    # the full image, colour stage); on the CPU with the CPU decoder
+    def read(path):
+        with open(path, "rb") as f:
+            data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
+        return EncodedImage(data, path), torch.zeros(2, dtype=torch.long)
+
+    encoded = [
+        collate_encoded([read(p) for p in paths[s : s + args.batch]])[0]
+        for s in range(0, len(paths), args.batch)
+    ]
+    dev_input = DeviceInput(aug, device)
+    crop_gen = torch.Generator().manual_seed(0)
+    dev_input.views(encoded[0], gen, crop_gen)  # first call: decoder set-up
+    for name, work in (
+        ("data/device-decode", lambda b: dev_input.decode(b.files(), b.paths, b.components)),
+        ("data/device", lambda b: dev_input.views(b, gen, crop_gen)),
+    ):
         _sync(device)
         t = time.perf_counter()
-        for s in range(0, len(paths), args.batch):
-            raw = [
-                torch.frombuffer(bytearray(open(p, "rb").read()), dtype=torch.uint8)
-                for p in paths[s : s + args.batch]
-            ]
-            imgs = decode_jpeg(raw, device=device)
-            batch = torch.stack(
-                [
-                    F.interpolate(i[None].float(), size=(side, side), mode="bilinear")[0]
-                    for i in imgs
-                ]
-            )
-            aug(batch, gen), aug(batch, gen)
+        for batch in encoded:
+            work(batch)
         _sync(device)
-        results["data/gpu-decode"] = len(paths) / (time.perf_counter() - t)
+        results[name] = len(paths) / (time.perf_counter() - t)
     return results
 
 

@@ -183,6 +183,16 @@ def sample_clamped_boxes(b: int, h: int, w: int, scale=(0.2, 1.0), generator=Non
     return top, left, ch, cw
 
 
+_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_COLOUR_CONSTS = {
+    "gray": torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1),
+    "yiq": _YIQ,
+    "yiq_inv": torch.linalg.inv(_YIQ),
+    "mean": torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
+    "std": torch.tensor(IMAGENET_STD).view(1, 3, 1, 1),
+}
+
+
 class BatchedMocoAug:
     """Batched aug+ / v1 on uint8 tensors: Bx3xHxW (0..255) -> Bx3xSxS normalised float.
 
@@ -202,6 +212,15 @@ class BatchedMocoAug:
         self.aug, self.size, self.scale, self.gray_p = aug, size, tuple(scale), gray_p
         self.jitter_p = 0.8 if aug == "aug+" else 1.0
         self.blur_p = 0.5 if aug == "aug+" else 0.0
+        self._consts = {}
+
+    def _const(self, name: str, device) -> torch.Tensor:
+        """A constant of the colour stage on ``device``, copied there once: a copy from host
+        memory on every call would make the host wait for the device each time."""
+        key = (name, torch.device(device))
+        if key not in self._consts:
+            self._consts[key] = _COLOUR_CONSTS[name].to(device)
+        return self._consts[key]
 
     def _rand(self, n, device, generator=None):
         return torch.rand(n, device=device, generator=generator)
@@ -216,21 +235,18 @@ class BatchedMocoAug:
             f = 1 + s * (2 * self._rand(b, dev, gen) - 1)
             return (f.view(b, 1, 1, 1) - 1) * on + 1
 
-        gray_w = torch.tensor([0.299, 0.587, 0.114], device=dev).view(1, 3, 1, 1)
+        gray_w = self._const("gray", dev)
         x = (x * factor(br)).clamp(0, 1)
         mean = (x * gray_w).sum(1, keepdim=True).mean((2, 3), keepdim=True)
         x = ((x - mean) * factor(co) + mean).clamp(0, 1)
         gray = (x * gray_w).sum(1, keepdim=True)
         x = ((x - gray) * factor(sa) + gray).clamp(0, 1)
         theta = (2 * self._rand(b, dev, gen) - 1) * hu * 2 * math.pi * on.view(b)
-        yiq = torch.tensor(
-            [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=dev
-        )
         cos, sin = torch.cos(theta), torch.sin(theta)
         rot = torch.zeros(b, 3, 3, device=dev)
         rot[:, 0, 0] = 1
         rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
-        mat = torch.linalg.inv(yiq) @ rot @ yiq  # Bx3x3
+        mat = self._const("yiq_inv", dev) @ rot @ self._const("yiq", dev)  # Bx3x3
         return torch.einsum("bij,bjhw->bihw", mat, x).clamp(0, 1)
 
     def _blur(self, x: torch.Tensor, gen) -> torch.Tensor:
@@ -267,18 +283,14 @@ class BatchedMocoAug:
         """Bx3xSxS floats in [0, 1] -> jitter, grayscale, blur, flip, ImageNet-normalised."""
         b = x.shape[0]
         x = self._jitter(x, generator)
-        gray = (x * torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)).sum(
-            1, keepdim=True
-        )
+        gray = (x * self._const("gray", x.device)).sum(1, keepdim=True)
         to_gray = (self._rand(b, x.device, generator) < self.gray_p).view(b, 1, 1, 1)
         x = torch.where(to_gray, gray.expand_as(x), x)
         if self.blur_p > 0:
             x = self._blur(x, generator)
         flip = (self._rand(b, x.device, generator) < 0.5).view(b, 1, 1, 1)
         x = torch.where(flip, x.flip(3), x)
-        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return (x - self._const("mean", x.device)) / self._const("std", x.device)
 
     def __call__(self, images: torch.Tensor, generator=None) -> torch.Tensor:
         """Augment a uint8 (or 0..255 float) batch Bx3xHxW into normalised Bx3xSxS floats."""

@@ -59,6 +59,11 @@ _C.register_renamed_key(
     message='INPUT.BATCHED_AUG True is now INPUT.PIPELINE "batched" (False: "pil")',
 )
 _C.INPUT.LOAD_SIZE = 0  # square size images are decoded to for "batched"; 0 = 1.15 x SIZE
+# Batches whose views are prepared ahead of the step, in a background thread (on CUDA on its own
+# stream): the copy to the device and, for "batched" / "device", the work done in the training
+# process (decoding, crops, colour). 0 = in line, before each step. The numbers do not depend on
+# it (pretrain/prefetch.py). Needs DATA.NUM_WORKERS > 0 (with 0 the views are made in line).
+_C.INPUT.PREFETCH = 2
 
 _C.DATA = CN()
 _C.DATA.TRAIN = ""  # ImageFolder root (class sub-folders) or a text file with one path a line
@@ -204,6 +209,10 @@ def validate_cfg(cfg: CN) -> None:
         (
             cfg.INPUT.PIPELINE in PIPELINES,
             f"INPUT.PIPELINE={cfg.INPUT.PIPELINE!r}: use one of {', '.join(PIPELINES)}",
+        ),
+        (
+            cfg.INPUT.PREFETCH >= 0,
+            f"INPUT.PREFETCH={cfg.INPUT.PREFETCH}: use 0 (in line) or a number of batches",
         ),
         (
             cfg.INPUT.PIPELINE == "batched" or not cfg.DATA.CACHE_DECODED,

@@ -4,8 +4,10 @@ Loader workers only read file bytes (:class:`pretrain.data.TwoViewDataset` with
 ``read_bytes=True``). Here, in the training process, a batch's JPEGs are decoded in one call of
 ``torchvision.io.decode_jpeg`` on the training device (batched nvJPEG on CUDA; the CPU decoder on
 CPU). Each view is a RandomResizedCrop of the full-resolution image (torchvision's box
-distribution, :func:`pretrain.augment.sample_crop_boxes`), resized per image to SxS, then the
-batched colour stage of :class:`pretrain.augment.BatchedMocoAug`.
+distribution, :func:`pretrain.augment.sample_crop_boxes`, drawn on the CPU), resized to SxS
+with ``roi_align`` per group of equally sized images, then the batched colour stage of
+:class:`pretrain.augment.BatchedMocoAug`. Nothing waits for the device, so the whole stage can
+run ahead of the training step (:mod:`pretrain.prefetch`).
 
 Files the batched decoder cannot handle (PNGs named .JPEG, CMYK JPEGs, corrupt data) are decoded
 on the CPU instead (``torchvision.io.decode_image``, then PIL); a file no decoder can read is
@@ -17,9 +19,9 @@ import logging
 from typing import List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from torchvision.ops import roi_align
 
 from .augment import BatchedMocoAug, sample_crop_boxes
 from .data import jpeg_components
@@ -53,15 +55,15 @@ class DeviceInput:
     """Encoded batches -> two augmented views on ``device``: the "device" INPUT.PIPELINE.
 
     ``aug``: the :class:`BatchedMocoAug` whose crop scale, size and colour stage are used.
-    Call :meth:`views` with an :class:`pretrain.data.EncodedBatch` and a torch.Generator on
-    ``device``. Counters: ``fallback_files`` (decoded on the CPU) and ``unreadable_files``
-    (replaced by another image), both sets of paths, so each file counts and is logged once.
+    Call :meth:`views` with an :class:`pretrain.data.EncodedBatch`, a torch.Generator on
+    ``device`` and one on the CPU (for the crop boxes). Counters: ``fallback_files`` (decoded
+    on the CPU) and ``unreadable_files`` (replaced by another image), both sets of paths, so
+    each file counts and is logged once.
     """
 
-    def __init__(self, aug: BatchedMocoAug, device, antialias: bool = True):
+    def __init__(self, aug: BatchedMocoAug, device):
         self.aug = aug
         self.device = torch.device(device)
-        self.antialias = antialias
         self.fallback_files = set()
         self.unreadable_files = set()
 
@@ -128,27 +130,53 @@ class DeviceInput:
         return out
 
     @torch.no_grad()
-    def crop(self, images: Sequence[torch.Tensor], generator=None) -> torch.Tensor:
-        """One RandomResizedCrop per image, from its full resolution -> Bx3xSxS in [0, 1]."""
-        s = self.aug.size
-        hs = torch.tensor([im.shape[1] for im in images], device=self.device)
-        ws = torch.tensor([im.shape[2] for im in images], device=self.device)
-        boxes = torch.stack(sample_crop_boxes(hs, ws, self.aug.scale, generator=generator), 1)
-        crops = []
-        for im, (top, left, h, w) in zip(images, boxes.tolist()):
-            patch = im[:, top : top + h, left : left + w].unsqueeze(0).float()
-            crops.append(
-                F.interpolate(
-                    patch,
-                    size=(s, s),
-                    mode="bilinear",
-                    align_corners=False,
-                    antialias=self.antialias,
+    def crop(self, images: Sequence[torch.Tensor], generator=None, views: int = 1) -> torch.Tensor:
+        """``views`` RandomResizedCrops per image, from its full resolution -> (views*B)x3xSxS.
+
+        Rows ``v*B .. v*B+B-1`` are view ``v``. The boxes are drawn on the CPU (``generator``
+        must be a CPU generator) from the image sizes, which the host knows without waiting
+        for the device, so nothing here waits for earlier GPU work. Images of equal size are
+        stacked and all their boxes resized in one ``roi_align`` call (bilinear, averaging
+        ceil(box/S) x ceil(box/S) samples per output pixel when shrinking, plain bilinear when
+        enlarging; docs/input_pipelines.md compares it with PIL's resize), so a batch costs a
+        few launches per distinct image size instead of a few per image.
+        """
+        s, n = self.aug.size, len(images)
+        hs = torch.tensor([im.shape[1] for im in images])
+        ws = torch.tensor([im.shape[2] for im in images])
+        top, left, h, w = (
+            torch.cat(t)
+            for t in zip(
+                *(
+                    sample_crop_boxes(hs, ws, self.aug.scale, generator=generator)
+                    for _ in range(views)
                 )
             )
-        return (torch.cat(crops) / 255.0).clamp_(0, 1)
+        )
+        boxes = torch.stack([left, top, left + w, top + h], 1).double()
+        out = torch.empty(views * n, 3, s, s, device=self.device)
+        groups = {}
+        for i, im in enumerate(images):
+            groups.setdefault(tuple(im.shape), []).append(i)
+        for members in groups.values():
+            stack = torch.stack([images[i] for i in members]).float()
+            rows = torch.tensor([v * n + i for v in range(views) for i in members])
+            index = torch.arange(len(members), dtype=torch.float64).repeat(views)
+            rois = torch.cat([index[:, None], boxes[rows]], 1).float()
+            crops = roi_align(stack, rois.to(self.device, non_blocking=True), s, 1.0, -1, True)
+            out[rows.to(self.device, non_blocking=True)] = crops
+        return out.div_(255.0).clamp_(0, 1)
 
-    def views(self, batch, generator=None) -> List[torch.Tensor]:
-        """An :class:`pretrain.data.EncodedBatch` -> [query views, key views], Bx3xSxS each."""
+    def views(self, batch, generator=None, crop_generator=None) -> List[torch.Tensor]:
+        """An :class:`pretrain.data.EncodedBatch` -> [query views, key views], Bx3xSxS each.
+
+        ``generator`` (on the device) drives the colour stage, ``crop_generator`` (on the CPU;
+        ``generator`` itself when that is a CPU generator) the crop boxes.
+        """
+        if crop_generator is None:
+            if generator is not None and generator.device.type != "cpu":
+                raise ValueError("DeviceInput.views needs a CPU crop_generator for the boxes")
+            crop_generator = generator
         images = self.decode(batch.files(), batch.paths, batch.components)
-        return [self.aug.colour(self.crop(images, generator), generator) for _ in range(2)]
+        crops = self.crop(images, crop_generator, views=2)
+        return [self.aug.colour(c, generator) for c in crops.chunk(2)]

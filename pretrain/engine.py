@@ -8,6 +8,7 @@ up in the images/s, the ETA and the data-wait share. See docs/pretrain_speed.md.
 import logging
 import math
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -17,6 +18,7 @@ from detectron2.utils.events import EventWriter, get_event_storage
 
 from .checkpoint import resume_hint
 from .data import skipped_indices
+from .prefetch import Prefetcher
 from .schedule import learning_rate
 
 logger = logging.getLogger(__name__)
@@ -79,15 +81,16 @@ class LoopContext:
     uint8 batches (a BatchedMocoAug, INPUT.PIPELINE "batched") or encoded batches (a
     DeviceInput, "device") into views on the device (None for "pil"); ``amp_dtype`` is
     the autocast dtype (None = fp32); ``writers`` run every LOG_PERIOD iterations;
-    ``compile_mode`` is SOLVER.COMPILE ("" = eager); ``speed`` holds the current logging
-    window's wall-clock totals.
+    ``compile_mode`` is SOLVER.COMPILE ("" = eager); ``prefetch`` is INPUT.PREFETCH; ``speed``
+    holds the current logging window's wall-clock totals.
     """
 
     device: torch.device
     iters_per_epoch: int
     iteration: int = 0
     batched_aug: Optional[object] = None
-    aug_generator: Optional[torch.Generator] = None
+    aug_generator: Optional[torch.Generator] = None  # on the device (colour stage)
+    crop_generator: Optional[torch.Generator] = None  # on the CPU ("device" pipeline's boxes)
     amp_dtype: Optional[torch.dtype] = None
     channels_last: bool = False
     writers: List[EventWriter] = field(default_factory=list)
@@ -97,15 +100,18 @@ class LoopContext:
     last_good: str = ""
     skipped_files: set = field(default_factory=set)  # paths of distinct unreadable files
     compile_mode: str = ""
+    prefetch: int = 0
     speed: SpeedWindow = field(default_factory=SpeedWindow)
     startup_steps: List[float] = field(default_factory=list)
 
 
 def _views(batch, ctx: LoopContext):
-    """Loader batch -> (im_q, im_k) on the device, NxCxSxS each."""
+    """Loader batch -> ([im_q, im_k] on the device, NxCxSxS each; the paths of unreadable files
+    so far). Runs in the prefetch thread when INPUT.PREFETCH > 0 (pretrain/prefetch.py)."""
+    unreadable = []
     if hasattr(ctx.batched_aug, "views"):  # "device": JPEG bytes, decoded on the device
-        views = ctx.batched_aug.views(batch, ctx.aug_generator)
-        _note_skipped(ctx.batched_aug.unreadable_files, ctx)
+        views = ctx.batched_aug.views(batch, ctx.aug_generator, ctx.crop_generator)
+        unreadable = list(ctx.batched_aug.unreadable_files)  # a copy, read by the main thread
     elif ctx.batched_aug is not None:
         images = batch.to(ctx.device, non_blocking=True)  # Nx3xLxL uint8
         views = [ctx.batched_aug(images, ctx.aug_generator) for _ in range(2)]
@@ -113,7 +119,13 @@ def _views(batch, ctx: LoopContext):
         views = [v.to(ctx.device, non_blocking=True) for v in batch]
     if ctx.channels_last:
         views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-    return views
+    return views, unreadable
+
+
+def _in_line(loader, ctx: LoopContext):
+    """INPUT.PREFETCH 0: the views of each batch, made when the step asks for them."""
+    for batch, skipped in loader:
+        yield (*_views(batch, ctx), skipped)
 
 
 def loss_limit(K: int, T: float, symmetric: bool = False) -> float:
@@ -203,25 +215,43 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg, ctx: Loop
     into the storage; writers then run, except on the epoch's last iteration, which the caller
     writes.
     """
-    storage = get_event_storage()
     model.train()
+    # When this process started waiting for the first batch: the loader's start-up counts as
+    # the first batch's wait.
+    end = time.perf_counter()
+    # Without worker processes the dataset runs in the thread that iterates the loader and
+    # seeds torch's process-wide RNG per sample (pretrain.data.TwoViewDataset), which the step
+    # also draws from: only prefetch when workers load the data.
+    if ctx.prefetch > 0 and getattr(loader, "num_workers", 0) > 0:
+        source = Prefetcher(loader, lambda b: _views(b, ctx), ctx.prefetch, ctx.device)
+    else:
+        source = _in_line(loader, ctx)
+    with closing(source):
+        _train_steps(
+            model, source, getattr(loader, "dataset", None), optimizer, scaler, epoch, cfg, ctx, end
+        )
+
+
+def _train_steps(model, source, dataset, optimizer, scaler, epoch, cfg, ctx, end) -> None:
+    """The loop of :func:`train_one_epoch` over ``(views, unreadable, skipped)`` items."""
+    storage = get_event_storage()
     world = comm.get_world_size()
     on_cuda = ctx.device.type == "cuda"
     cuda_graphs = ctx.compile_mode == "reduce-overhead" and on_cuda
     # `end`: when this process started waiting for the next batch; `mark`: the end of the
     # previous step, so an iteration's wall time also covers the previous one's bookkeeping
-    # and metric writes. The loader's start-up counts as the first batch's wait.
-    end = mark = time.perf_counter()
-    for i, (batch, skipped) in enumerate(loader):
+    # and metric writes.
+    mark = end
+    for i, ((im_q, im_k), unreadable, skipped) in enumerate(source):
         if i >= ctx.iters_per_epoch:
             break
         data_time = time.perf_counter() - end
+        _note_skipped(unreadable, ctx)
         if cuda_graphs:  # a new training step: CUDA-graph outputs of the last one may be reused
             torch.compiler.cudagraph_mark_step_begin()
         lr = learning_rate(ctx.iteration, ctx.iters_per_epoch, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        im_q, im_k = _views(batch, ctx)
         with torch.autocast(
             ctx.device.type, dtype=ctx.amp_dtype or torch.float32, enabled=ctx.amp_dtype is not None
         ):
@@ -250,7 +280,7 @@ def train_one_epoch(model, loader, optimizer, scaler, epoch: int, cfg, ctx: Loop
         mark = step_end
 
         if skipped[:, 1].any():  # (first, count) per sample: name distinct files, not events
-            paths = loader.dataset.paths
+            paths = dataset.paths
             _note_skipped([paths[j] for j in skipped_indices(skipped, len(paths))], ctx)
         storage.iter = ctx.iteration
         _log_startup(ctx, storage, step_end - end - data_time)

@@ -203,6 +203,7 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
         loss_limit=loss_limit(cfg.MODEL.K, cfg.MODEL.T, cfg.MODEL.SYMMETRIC),
         last_good=path or "",
         compile_mode=cfg.SOLVER.COMPILE,
+        prefetch=cfg.INPUT.PREFETCH,
     )
     if cfg.INPUT.PIPELINE in ("batched", "device"):
         ctx.batched_aug = BatchedMocoAug(
@@ -233,6 +234,7 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
             seed = sample_seed(cfg.SEED, epoch, rank) % 2**31
             torch.manual_seed(seed)
             ctx.aug_generator = torch.Generator(device=device).manual_seed(seed)
+            ctx.crop_generator = torch.Generator().manual_seed(seed + 1)
             sampler.set_epoch(epoch)
             train_one_epoch(model, loader, optimizer, scaler, epoch, cfg, ctx)
             done = epoch + 1

@@ -144,12 +144,49 @@ def test_device_pipeline_is_deterministic_per_generator(tmp_path):
 
 
 def test_device_crop_of_whole_image_is_a_resize():
-    """scale (1, 1) on a square image: the crop is the whole image, resized bilinearly."""
-    dev = DeviceInput(BatchedMocoAug("aug+", size=8, scale=(1.0, 1.0)), "cpu", antialias=False)
-    img = torch.arange(3 * 16 * 16, dtype=torch.float32).view(1, 3, 16, 16) % 251
+    """scale (1, 1) on a square image: the crop is the whole image, enlarged bilinearly."""
+    dev = DeviceInput(BatchedMocoAug("aug+", size=16, scale=(1.0, 1.0)), "cpu")
+    img = torch.arange(3 * 8 * 8, dtype=torch.float32).view(1, 3, 8, 8) % 251
     out = dev.crop([img[0].to(torch.uint8)], torch.Generator().manual_seed(0))
-    expected = torch.nn.functional.interpolate(img, size=(8, 8), mode="bilinear") / 255
+    expected = torch.nn.functional.interpolate(img, size=(16, 16), mode="bilinear") / 255
     assert torch.allclose(out, expected, atol=1e-6)
+
+
+def _texture(h: int, w: int, seed: int) -> torch.Tensor:
+    """A uint8 3xHxW image with detail at several scales (so resampling filters matter)."""
+    g = torch.Generator().manual_seed(seed)
+    x = sum(
+        torch.nn.functional.interpolate(
+            torch.rand(1, 3, h // s + 1, w // s + 1, generator=g), size=(h, w), mode="bilinear"
+        )
+        for s in (1, 2, 4, 8)
+    )
+    return (x[0] / x.max() * 255).round().to(torch.uint8)
+
+
+def test_device_crops_follow_their_boxes_and_match_pil():
+    """Each row is its image's box (same generator -> same boxes), resized about as PIL does.
+
+    Images of two sizes (two roi_align groups, interleaved in the batch) and two views: row
+    v*B+i is view v of image i. PIL's antialiased bilinear resize (the per-image pipeline's) is
+    the reference; roi_align averages samples instead, within 2 grey levels on average.
+    """
+    sizes = [(60, 80), (90, 70), (60, 80), (90, 70), (60, 80)]
+    images = [_texture(h, w, i) for i, (h, w) in enumerate(sizes)]
+    dev = DeviceInput(BatchedMocoAug("aug+", size=32, scale=(0.08, 1.0)), "cpu")
+    out = dev.crop(images, torch.Generator().manual_seed(5), views=2)
+    assert out.shape == (10, 3, 32, 32)
+    g = torch.Generator().manual_seed(5)
+    hs, ws = torch.tensor([h for h, _ in sizes]), torch.tensor([w for _, w in sizes])
+    boxes = [torch.stack(sample_crop_boxes(hs, ws, (0.08, 1.0), generator=g), 1) for _ in range(2)]
+    for v in range(2):
+        for i, (top, left, h, w) in enumerate(boxes[v].tolist()):
+            pil = Image.fromarray(images[i].permute(1, 2, 0).numpy())
+            ref = pil.resize((32, 32), Image.BILINEAR, box=(left, top, left + w, top + h))
+            ref = torch.from_numpy(np.array(ref)).permute(2, 0, 1).float()
+            diff = (out[v * 5 + i] * 255 - ref).abs().mean().item()
+            assert diff < 2.0, (v, i, diff)
+    assert not torch.allclose(out[:5], out[5:])  # the two views differ
 
 
 def test_scan_image_folder_matches_torchvision_imagefolder(tmp_path):
