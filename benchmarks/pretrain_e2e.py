@@ -238,7 +238,7 @@ def build_rows(args, data_root):
         b,
         ("loader", LOADER_TARGET),
     )
-    for pipeline in ("batched", "device"):  # the same rows without INPUT.PREFETCH (default 2)
+    for pipeline in ("batched", "device"):  # the same rows without INPUT.PREFETCH (2 on CUDA)
         overrides = common(b) + ["INPUT.PIPELINE", pipeline, "SOLVER.COMPILE", "",
                                  "INPUT.PREFETCH", 0]  # fmt: skip
         rows[f"{pipeline} eager, in line"] = ("train", overrides, b, e2e)

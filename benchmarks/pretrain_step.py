@@ -14,7 +14,10 @@ Prints a table and writes JSON. Rows:
 - ``data/device-decode``: the "device" pipeline's decoding alone (``DeviceInput.decode``: one
   batched ``torchvision.io.decode_jpeg`` call, nvJPEG on CUDA, the CPU decoder on the CPU);
 - ``data/device``: the "device" pipeline as training runs it, in line (decode, crops of the full
-  image, colour stage of two views; ``DeviceInput.views``).
+  image, colour stage of two views; ``DeviceInput.views``). On CUDA the JSON's
+  ``device_views_host_syncs`` counts the ATen calls in one ``views`` call that make the host wait
+  for the device (``torch.cuda.set_sync_debug_mode``); the pipeline is meant to have none, so
+  that it can run ahead of the step (INPUT.PREFETCH).
 
 Examples::
 
@@ -31,6 +34,7 @@ import resource
 import sys
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -182,6 +186,14 @@ def bench_data(args, device, paths) -> dict:
     dev_input = DeviceInput(aug, device)
     crop_gen = torch.Generator().manual_seed(0)
     dev_input.views(encoded[0], gen, crop_gen)  # first call: decoder set-up
+    if device.type == "cuda":  # ATen calls that make the host wait for the device, per batch
+        torch.cuda.set_sync_debug_mode("warn")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            dev_input.views(encoded[0], gen, crop_gen)
+        torch.cuda.set_sync_debug_mode(0)
+        syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+        results["data/device host syncs"] = len(syncs)
     for name, work in (
         ("data/device-decode", lambda b: dev_input.decode(b.files(), b.paths, b.components)),
         ("data/device", lambda b: dev_input.views(b, gen, crop_gen)),
@@ -233,7 +245,9 @@ def main(argv=None) -> dict:
     }
     with tempfile.TemporaryDirectory() as tmp:
         paths = _write_jpegs(tmp, args.data_images, args.source_side or 2 * args.size)
-        for name, ips in bench_data(args, device, paths).items():
+        data = bench_data(args, device, paths)
+        syncs = data.pop("data/device host syncs", None)
+        for name, ips in data.items():
             rows[name] = {"images_per_s": ips}
     print(f"{'row':24s} {'images/s':>10s} {'peak MiB':>10s}  notes")
     for name, r in rows.items():
@@ -245,6 +259,8 @@ def main(argv=None) -> dict:
                 f"compile={r['compile'] or 'off'}, splits={r['key_bn_splits']}"
             )
         print(f"{name:24s} {r['images_per_s']:10.1f} {mem}  {notes}")
+    if syncs is not None:
+        print(f"host syncs in one DeviceInput.views call (torch.cuda sync debug mode): {syncs}")
     result = {
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -253,6 +269,7 @@ def main(argv=None) -> dict:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "args": vars(args),
         "rows": rows,
+        "device_views_host_syncs": syncs,
     }
     if args.out:
         atomic_write_json(args.out, result, indent=2)

@@ -5,9 +5,11 @@ linear evaluation): detectron2's ``launch`` driven by the four arguments of
 import argparse
 from typing import Callable
 
+import torch.distributed as dist
 from detectron2.engine import launch
+from detectron2.utils import comm
 
-__all__ = ["add_launch_args", "launch_from_args"]
+__all__ = ["add_launch_args", "close_process_group", "launch_from_args", "run_then_close"]
 
 
 def add_launch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -28,10 +30,30 @@ def launch_from_args(main_func: Callable, args: argparse.Namespace) -> None:
     """Run ``main_func(args)`` on ``args.num_gpus`` processes per machine, ``args.num_machines``
     machines (detectron2's ``launch``; a single process runs it directly). Returns None."""
     launch(
-        main_func,
+        run_then_close,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
-        args=(args,),
+        args=(main_func, args),
     )
+
+
+def close_process_group() -> None:
+    """Once every rank gets here, shut the default process group down (no-op without one).
+
+    A process that exits with the group still alive can be killed by SIGABRT on its way out
+    ("terminate called without an active exception": GLOO's threads outlive the interpreter),
+    which turns a finished run into a failed exit code.
+    """
+    if dist.is_available() and dist.is_initialized():
+        comm.synchronize()
+        dist.destroy_process_group()
+
+
+def run_then_close(main_func: Callable, *args):
+    """``main_func(*args)``, then :func:`close_process_group`; returns what ``main_func`` did.
+    An exception skips the close (the other ranks may still be waiting in a collective)."""
+    result = main_func(*args)
+    close_process_group()
+    return result

@@ -44,6 +44,8 @@ class Prefetcher:
         if depth < 1:
             raise ValueError(f"Prefetcher depth must be >= 1, got {depth}")
         self.make, self.device = make, torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:  # the caller's device
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self._source = iter(loader)  # created here: the loader's workers start from this thread
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()

@@ -24,7 +24,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
 
 from common.io import atomic_write
-from common.launch import add_launch_args, launch_from_args
+from common.launch import add_launch_args, launch_from_args, run_then_close
 
 from .augment import BatchedMocoAug
 from .builder import build_moco, check_key_bn_splits, compile_encoders
@@ -203,7 +203,7 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
         loss_limit=loss_limit(cfg.MODEL.K, cfg.MODEL.T, cfg.MODEL.SYMMETRIC),
         last_good=path or "",
         compile_mode=cfg.SOLVER.COMPILE,
-        prefetch=cfg.INPUT.PREFETCH,
+        prefetch=cfg.INPUT.PREFETCH if cfg.INPUT.PREFETCH >= 0 else 2 * (device.type == "cuda"),
     )
     if cfg.INPUT.PIPELINE in ("batched", "device"):
         ctx.batched_aug = BatchedMocoAug(
@@ -309,8 +309,8 @@ def run(args) -> dict:
 def main(argv=None) -> None:
     """Console script ``moco-pretrain``: torchrun-aware launch of :func:`run`."""
     args = build_parser().parse_args(argv)
-    if maybe_init_from_env():
-        run(args)  # torchrun already started one process per GPU
+    if maybe_init_from_env():  # torchrun already started one process per GPU
+        run_then_close(run, args)
         return
     launch_from_args(run, args)
 

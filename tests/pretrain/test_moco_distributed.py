@@ -11,6 +11,7 @@ import torch.nn as nn
 from detectron2.engine import launch
 from detectron2.utils import comm
 
+from common.launch import run_then_close
 from pretrain.builder import MoCo
 from pretrain.distributed import concat_all_gather
 
@@ -61,7 +62,10 @@ def _free_port():
 
 
 def test_two_process_gloo(tmp_path):
-    launch(_worker, 2, dist_url=f"tcp://127.0.0.1:{_free_port()}", args=(str(tmp_path),))
+    url = f"tcp://127.0.0.1:{_free_port()}"
+    # run_then_close: the product's launch also shuts the group down (without that, a worker
+    # was seen to abort on exit under load: "terminate called without an active exception")
+    launch(run_then_close, 2, dist_url=url, args=(_worker, str(tmp_path)))
     r = [pickle.load(open(tmp_path / f"rank{i}.pkl", "rb")) for i in range(2)]
     assert r[0]["world"] == r[1]["world"] == 2
     # gather doubles the batch, rank 0's rows first, identical on both ranks

@@ -126,3 +126,27 @@ def test_prefetch_leaves_the_numbers_unchanged(synthetic_cls_root, tmp_path, pip
     init = build_moco(cfg).state_dict()
     for key in ("queue", "encoder_q.conv1.weight"):
         assert not torch.equal(init[key], a[key]), key
+
+
+def test_auto_prefetch_is_off_on_the_cpu_and_bad_values_are_refused(
+    synthetic_cls_root, tmp_path, monkeypatch
+):
+    """-1 (the default) makes views in line on the CPU; 2 uses the thread; -2 is refused."""
+    import pretrain.engine as engine
+
+    made = []
+
+    class Recording(Prefetcher):
+        def __init__(self, *args, **kwargs):
+            made.append(kwargs.get("depth", args[2] if len(args) > 2 else None))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "Prefetcher", Recording)
+    for prefetch in (-1, 2):
+        cfg = _cfg(synthetic_cls_root, tmp_path / f"p{prefetch}", "batched", prefetch)
+        cfg.defrost()
+        cfg.SOLVER.EPOCHS = 1
+        train(cfg, auto_resume=False)
+    assert made == [2]  # one epoch with the thread, none for the CPU default
+    with pytest.raises(ValueError, match="INPUT.PREFETCH=-2"):
+        _cfg(synthetic_cls_root, tmp_path / "bad", "batched", -2)
