@@ -179,13 +179,28 @@ def _close_window(storage, ctx: LoopContext, cfg) -> None:
         logger.warning(
             "Waiting for data took %.0f%% of the last %d iterations (not counting the first "
             "batch of an epoch, which includes loader start-up): the step is starved. Raise "
-            "DATA.NUM_WORKERS (now %d), or decode and augment on the GPU with INPUT.PIPELINE "
-            "device (or INPUT.PIPELINE batched).",
+            "DATA.NUM_WORKERS (now %d), or %s.",
             100 * share,
             win.iters,
             cfg.DATA.NUM_WORKERS,
+            _starved_advice(cfg, ctx),
         )
     win.reset()
+
+
+def _starved_advice(cfg, ctx: LoopContext) -> str:
+    """The data-wait warning's second fix, for the pipeline in use."""
+    if cfg.INPUT.PIPELINE == "pil":
+        return (
+            "decode and augment on the GPU with INPUT.PIPELINE device (or INPUT.PIPELINE batched)"
+        )
+    if ctx.prefetch == 0:
+        return "make the views ahead of the step with INPUT.PREFETCH 2"
+    return (
+        f"raise INPUT.PREFETCH (now {ctx.prefetch}); the decode, crops and colour stage of "
+        "this pipeline run in the training process, so check their rate alone with "
+        "benchmarks/pretrain_step.py (data/* rows)"
+    )
 
 
 def _log_startup(ctx: LoopContext, storage, seconds: float) -> None:

@@ -4,13 +4,20 @@ import logging
 import re
 import time
 
+import pytest
 import torch
 from detectron2.utils.events import EventStorage
 from moco_helpers import ToyEncoder
 
 from pretrain.builder import MoCo
 from pretrain.config import get_pretrain_cfg
-from pretrain.engine import LoopContext, ProgressPrinter, _close_window, train_one_epoch
+from pretrain.engine import (
+    LoopContext,
+    ProgressPrinter,
+    _close_window,
+    _starved_advice,
+    train_one_epoch,
+)
 
 BATCH, ITERS, STALL = 4, 8, 0.25
 
@@ -121,3 +128,22 @@ def test_first_batch_wait_alone_does_not_warn():
             assert len(capture.records) == 1 and "20%" in capture.records[0].getMessage()
     finally:
         log.removeHandler(capture)
+
+
+@pytest.mark.parametrize(
+    "pipeline, prefetch, advice",
+    [
+        ("pil", 0, "INPUT.PIPELINE device"),
+        ("device", 0, "INPUT.PREFETCH 2"),
+        ("batched", 0, "INPUT.PREFETCH 2"),
+        ("device", 2, "raise INPUT.PREFETCH (now 2)"),
+    ],
+)
+def test_starved_warning_names_the_fix_for_the_pipeline(pipeline, prefetch, advice):
+    cfg = get_pretrain_cfg()
+    cfg.INPUT.PIPELINE = pipeline
+    ctx = LoopContext(device=torch.device("cpu"), iters_per_epoch=1, prefetch=prefetch)
+    text = _starved_advice(cfg, ctx)
+    assert advice in text, text
+    if pipeline != "pil":  # already decoding on the device: do not tell them to switch to it
+        assert "INPUT.PIPELINE device" not in text
