@@ -29,9 +29,9 @@ class Prefetcher:
 
     ``make`` runs in a background thread, at most ``depth`` items ahead of the consumer,
     under ``torch.no_grad()``; on CUDA it runs on a side stream and the consumer's stream waits
-    for it before an item is returned. An exception in
-    the thread (including the loader's) is raised by the consumer's ``next()``. Use it as a
-    context manager, or call :meth:`close`, so an early ``break`` stops the thread.
+    for it before an item is returned. An exception in the thread (including the loader's) is
+    raised by the consumer's ``next()``, after the items before it. Use it as a context manager,
+    or call :meth:`close`, so an early ``break`` stops the thread.
     """
 
     def __init__(
