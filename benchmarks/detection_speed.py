@@ -211,6 +211,19 @@ def profile_table(prof, device, top=20):
     return rows, "\n".join([header] + lines), total / 1e3
 
 
+def host_waits(prof):
+    """Calls and host milliseconds of the CUDA runtime's synchronising calls in a finished
+    torch.profiler (``cuda*Synchronize``, ``cudaMemcpy*``: device-to-host copies of ``.item()``,
+    ``nonzero`` and friends). Many calls with little time: the host waits on a GPU that is
+    done (launch-bound step); much time: the host waits on a busy GPU. Returns
+    {name: {"calls", "host_ms"}}."""
+    out = {}
+    for e in prof.key_averages():
+        if e.key.startswith("cuda") and ("Synchronize" in e.key or "Memcpy" in e.key):
+            out[e.key] = {"calls": e.count, "host_ms": e.self_cpu_time_total / 1e3}
+    return out
+
+
 def time_inference(cfg, model, images, device):
     """Median seconds per image of ``model`` (eval mode, batch 1, no grad) over the first
     ``images`` test images after two warm-up images."""
@@ -275,6 +288,7 @@ def run_variant(name, args, data_root, profile_steps=0):
             )
             wall_ms = 1e3 * sum(timer.times[args.warmup : args.warmup + profile_steps])
             row["profile_self_total_ms"], row["profile_wall_ms"] = busy_ms, wall_ms
+            row["profile_host_waits"] = host_waits(timer.profiler)
         if args.infer_images:
             row["infer_s_per_image"] = time_inference(
                 cfg, trainer.model, args.infer_images, args.device
@@ -407,6 +421,8 @@ def main(argv=None):
                 f"{r['profile_self_total_ms']:.0f} ms of {r['profile_wall_ms']:.0f} ms wall):"
             )
             print(r["profile_table"])
+            for call, w in r.get("profile_host_waits", {}).items():
+                print(f"{call:60s} {w['calls']:7d} calls {w['host_ms']:10.2f} ms on the host")
     return result
 
 
