@@ -8,6 +8,7 @@ dataset returns file bytes and decoding happens on the training device
 (:mod:`pretrain.device_input`).
 """
 
+import io
 import logging
 import os
 from typing import List, NamedTuple, Sequence, Tuple
@@ -191,37 +192,18 @@ class EncodedImage(NamedTuple):
     path: str
 
 
-# start-of-frame markers (baseline, extended, progressive, lossless; not DHT/JPG/DAC)
-_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-
-
 def jpeg_components(data: torch.Tensor) -> int:
     """Colour components of a JPEG from its header (1 gray, 3 YCbCr/RGB, 4 CMYK/YCCK).
 
-    ``data``: the file's bytes as a 1-D uint8 CPU tensor. Returns 0 when the bytes do not start
-    like a JPEG or no frame header is found (the caller then decodes the file another way).
+    ``data``: the file's bytes as a 1-D uint8 CPU tensor. PIL reads only the header here (no
+    decoding). Returns 0 when the bytes are not a JPEG PIL can open (the caller then decodes
+    the file another way).
     """
-    buf = memoryview(data.numpy())
-    n = len(buf)
-    if n < 4 or buf[0] != 0xFF or buf[1] != 0xD8:
+    try:
+        with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
+            return len(img.getbands()) if img.format == "JPEG" else 0
+    except Exception:  # not an image PIL recognises, or a broken header
         return 0
-    pos = 2
-    while pos + 3 < n:
-        if buf[pos] != 0xFF:
-            return 0
-        marker = buf[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker in _SOF:
-            return buf[pos + 9] if pos + 9 < n else 0
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # no length field
-            pos += 2
-            continue
-        if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
-            return 0
-        pos += 2 + ((buf[pos + 2] << 8) | buf[pos + 3])
-    return 0
 
 
 class EncodedBatch(NamedTuple):
