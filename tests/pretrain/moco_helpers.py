@@ -1,7 +1,11 @@
 """Helpers shared by the pretraining tests (a module, not conftest, so tests can import it)."""
 
+import os
+
 import torch
 import torch.nn as nn
+
+from pretrain.config import load_cfg
 
 
 class ToyEncoder(nn.Module):
@@ -16,3 +20,29 @@ class ToyEncoder(nn.Module):
     def forward(self, x):
         x = torch.relu(self.bn(self.conv(x)))
         return self.fc(x.mean((2, 3)))
+
+
+TINY_CONFIG = os.path.join(
+    os.path.dirname(__file__), "..", "..", "configs", "pretrain", "tiny_synthetic.yaml"
+)
+
+
+def tiny_train_cfg(train_root, out, pipeline: str, **opts):
+    """configs/pretrain/tiny_synthetic.yaml for a seconds-long CPU run on ``train_root``.
+
+    A ResNet-18, 32 px crops, batch 8, one log line per iteration, no kNN monitor, output in
+    ``out``; ``opts`` override or add keys, written with ``__`` for ``.`` (MODEL__K=24)."""
+    base = {
+        "DATA.TRAIN": str(train_root),
+        "DATA.KNN_TRAIN": "",
+        "DATA.KNN_VAL": "",
+        "OUTPUT_DIR": str(out),
+        "MODEL.ARCH": "resnet18",
+        "MODEL.WIDTH_PER_GROUP": 0,
+        "INPUT.SIZE": 32,
+        "INPUT.PIPELINE": pipeline,
+        "SOLVER.BATCH_SIZE": 8,
+        "LOG_PERIOD": 1,
+    }
+    base.update({k.replace("__", "."): v for k, v in opts.items()})
+    return load_cfg(TINY_CONFIG, [x for kv in base.items() for x in map(str, kv)])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
+from moco_helpers import tiny_train_cfg
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
@@ -18,10 +19,6 @@ from pretrain.config import load_cfg
 from pretrain.data import TwoViewDataset, collate_encoded, list_images, skipped_indices
 from pretrain.device_input import DeviceInput, jpeg_components
 from pretrain.train_net import train
-
-CONFIG = os.path.join(
-    os.path.dirname(__file__), "..", "..", "configs", "pretrain", "tiny_synthetic.yaml"
-)
 
 
 def _ks(a, b) -> float:
@@ -209,26 +206,18 @@ def test_skipped_indices_wrap_around():
 
 
 def _tiny_cfg(root, out, pipeline):
-    opts = {
-        "DATA.TRAIN": str(root),
-        "DATA.KNN_TRAIN": "",
-        "DATA.KNN_VAL": "",
-        "DATA.CACHE_DECODED": False,
-        "DATA.NUM_WORKERS": 0,
-        "OUTPUT_DIR": str(out),
-        "MODEL.ARCH": "resnet18",
-        "MODEL.WIDTH_PER_GROUP": 0,
-        "MODEL.MLP_HIDDEN_DIM": 32,
-        "MODEL.K": 16,
-        "MODEL.KEY_BN_SPLITS": 2,
-        "INPUT.SIZE": 32,
-        "INPUT.PIPELINE": pipeline,
-        "SOLVER.BATCH_SIZE": 8,
-        "SOLVER.EPOCHS": 2,
-        "CHECKPOINT_PERIOD": 2,
-        "LOG_PERIOD": 1,
-    }
-    return load_cfg(CONFIG, [x for kv in opts.items() for x in map(str, kv)])
+    return tiny_train_cfg(
+        root,
+        out,
+        pipeline,
+        DATA__CACHE_DECODED=False,
+        DATA__NUM_WORKERS=0,
+        MODEL__MLP_HIDDEN_DIM=32,
+        MODEL__K=16,
+        MODEL__KEY_BN_SPLITS=2,
+        SOLVER__EPOCHS=2,
+        CHECKPOINT_PERIOD=2,
+    )
 
 
 @pytest.mark.parametrize("pipeline", ["device", "pil", "batched"])

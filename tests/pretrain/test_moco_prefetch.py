@@ -5,22 +5,17 @@ stay at most ``depth`` items ahead, and leave a run's numbers bit for bit unchan
 """
 
 import itertools
-import os
 import threading
 import time
 
 import pytest
 import torch
+from moco_helpers import tiny_train_cfg
 
 from pretrain.builder import build_moco
 from pretrain.checkpoint import load_checkpoint
-from pretrain.config import load_cfg
 from pretrain.prefetch import Prefetcher
 from pretrain.train_net import train
-
-CONFIG = os.path.join(
-    os.path.dirname(__file__), "..", "..", "configs", "pretrain", "tiny_synthetic.yaml"
-)
 
 
 def _double(batch):
@@ -78,27 +73,19 @@ def test_depth_must_be_positive():
 
 
 def _cfg(root, out, pipeline, prefetch):
-    opts = {
-        "DATA.TRAIN": str(root / "train"),
-        "DATA.KNN_TRAIN": "",
-        "DATA.KNN_VAL": "",
-        "OUTPUT_DIR": str(out),
-        "MODEL.ARCH": "resnet18",
-        "MODEL.WIDTH_PER_GROUP": 0,
-        "MODEL.MLP_HIDDEN_DIM": 64,
-        "MODEL.K": 32,
-        "INPUT.SIZE": 32,
-        "INPUT.LOAD_SIZE": 40,
-        "INPUT.PIPELINE": pipeline,
-        "INPUT.PREFETCH": prefetch,
-        "DATA.CACHE_DECODED": pipeline == "batched",
-        "DATA.NUM_WORKERS": 1,
-        "SOLVER.BATCH_SIZE": 8,
-        "SOLVER.EPOCHS": 2,
-        "SOLVER.MAX_ITERS_PER_EPOCH": 3,
-        "LOG_PERIOD": 1,
-    }
-    return load_cfg(CONFIG, [x for kv in opts.items() for x in map(str, kv)])
+    return tiny_train_cfg(
+        root / "train",
+        out,
+        pipeline,
+        MODEL__MLP_HIDDEN_DIM=64,
+        MODEL__K=32,
+        INPUT__LOAD_SIZE=40,
+        INPUT__PREFETCH=prefetch,
+        DATA__CACHE_DECODED=pipeline == "batched",
+        DATA__NUM_WORKERS=1,
+        SOLVER__EPOCHS=2,
+        SOLVER__MAX_ITERS_PER_EPOCH=3,
+    )
 
 
 @pytest.mark.parametrize("pipeline", ["batched", "device", "pil"])

@@ -7,50 +7,35 @@ another optimizer type stops with one clear line.
 
 import json
 import logging
-import os
 
 import pytest
 import torch
+from moco_helpers import tiny_train_cfg
 
 from evaluation.knn import main as knn_main
 from pretrain.builder import build_moco
 from pretrain.checkpoint import FORMAT, CheckpointError, load_checkpoint
-from pretrain.config import load_cfg
 from pretrain.train_net import train
-
-CONFIG = os.path.join(
-    os.path.dirname(__file__), "..", "..", "configs", "pretrain", "tiny_synthetic.yaml"
-)
 
 
 def _cfg(root, out, pipeline: str, **extra):
     batched = pipeline != "pil"
-    opts = {
-        "DATA.TRAIN": str(root / "train"),
-        "DATA.KNN_TRAIN": "",
-        "DATA.KNN_VAL": "",
-        "OUTPUT_DIR": str(out),
-        "MODEL.ARCH": "resnet18",
-        "MODEL.WIDTH_PER_GROUP": 0,
-        "MODEL.MLP_HIDDEN_DIM": 64,
-        "MODEL.K": 24,  # 3 steps of 16 keys (symmetric): the pointer wraps around
-        "MODEL.KEY_BN_SPLITS": 2,
-        "INPUT.SIZE": 32,
-        "INPUT.LOAD_SIZE": 40,
-        "INPUT.PIPELINE": pipeline,
-        "DATA.CACHE_DECODED": pipeline == "batched",  # the cache only serves "batched"
+    opts = dict(
+        MODEL__MLP_HIDDEN_DIM=64,
+        MODEL__K=24,  # 3 steps of 16 keys (symmetric): the pointer wraps around
+        MODEL__KEY_BN_SPLITS=2,
+        INPUT__LOAD_SIZE=40,
+        DATA__CACHE_DECODED=pipeline == "batched",  # the cache only serves "batched"
         # both optimizers: AdamW (the tiny recipe's) and SGD with momentum (the paper's)
-        "SOLVER.OPTIMIZER": "AdamW" if batched else "SGD",
-        "DATA.NUM_WORKERS": 0 if batched else 1,  # the PIL path through a worker process
-        "SOLVER.BATCH_SIZE": 8,
-        "SOLVER.EPOCHS": 2,
-        "SOLVER.MAX_ITERS_PER_EPOCH": 2,
-        "SOLVER.WARMUP_EPOCHS": 0.5,
-        "CHECKPOINT_PERIOD": 2,
-        "LOG_PERIOD": 1,
-    }
-    opts.update({k.replace("__", "."): v for k, v in extra.items()})
-    return load_cfg(CONFIG, [x for kv in opts.items() for x in map(str, kv)])
+        SOLVER__OPTIMIZER="AdamW" if batched else "SGD",
+        DATA__NUM_WORKERS=0 if batched else 1,  # the PIL path through a worker process
+        SOLVER__EPOCHS=2,
+        SOLVER__MAX_ITERS_PER_EPOCH=2,
+        SOLVER__WARMUP_EPOCHS=0.5,
+        CHECKPOINT_PERIOD=2,
+    )
+    opts.update(extra)
+    return tiny_train_cfg(root / "train", out, pipeline, **opts)
 
 
 @pytest.mark.parametrize("pipeline", ["batched", "pil", "device"])
