@@ -1,23 +1,25 @@
 """``python -m demo`` / ``moco-demo``: the whole pipeline on generated data, on CPU.
 
 Everything lands in --output-dir (default output/demo); rerunning the same command after an
-interruption continues where it stopped (finished stages and trials are kept).
+interruption continues where it stopped (finished stages and trials are kept). The terminal
+shows one progress line and one result line per stage; each stage's own output is in
+<output-dir>/logs/<stage>.log (--verbose shows it as well).
 """
 
+from common.known_warnings import filter_known_warnings
+
+filter_known_warnings()  # first: the stages import detectron2, which warns while importing
+
 import argparse
-import logging
-import os
+import shlex
 import sys
 
-from detectron2.utils.logger import setup_logger
-
-from .pipeline import run_demo
 from .presets import PRESETS, default_preset_name
 
 
 def main(argv=None) -> int:
-    """Parse arguments, run the demo, print the report. Returns 0, or 1 when ``--strict`` and
-    a claim does not hold."""
+    """Parse arguments, run the demo, print the report. Returns 0; 1 when a stage failed
+    (its log's last lines are printed) or, with ``--strict``, when a claim does not hold."""
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -38,15 +40,35 @@ def main(argv=None) -> int:
         help="exit with status 1 if a claim does not hold (kNN, or the AP50 paired-difference "
         "rule of the report)",
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print everything the stages log (it always goes to <output-dir>/logs)",
+    )
     args = p.parse_args(argv)
     args.preset = args.preset or default_preset_name()
+    from .pipeline import run_demo  # imports torch: after --help and argument errors
 
-    os.makedirs(args.output_dir, exist_ok=True)
-    setup_logger(os.path.join(args.output_dir, "demo.log"), name="demo", abbrev_name="demo")
-    logging.getLogger("demo").info("preset %r", args.preset)
-    report = run_demo(args.output_dir, args.preset, args.seeds, args.data_seed)
+    rerun = shlex.join(["python", "-m", "demo", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        report = run_demo(
+            args.output_dir,
+            args.preset,
+            args.seeds,
+            args.data_seed,
+            verbose=args.verbose,
+            rerun_hint=f"`{rerun}`",
+        )
+    except KeyboardInterrupt:
+        return 130  # the interrupted stage said how to continue
+    except Exception as e:
+        # a failing stage already printed the end of its log and the error (StageRunner)
+        if not getattr(e, "demo_log", None):
+            print(f"demo failed: {e}", file=sys.stderr)
+        return 1
     if args.strict and not all(report["claims"].values()):
-        logging.getLogger("demo").error("a claim does not hold: %s", report["claims"])
+        failed = [name for name, holds in report["claims"].items() if not holds]
+        print(f"--strict: claim(s) {failed} do not hold (see the report); exit status 1")
         return 1
     return 0
 

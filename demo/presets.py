@@ -35,8 +35,15 @@ class Preset:
     # overrides of detect_config
     detection_opts: tuple
     seeds: tuple
-    # rough seconds per stage, for the ETA line
+    # seconds per stage on `reference_machine`: the ETA before anything is measured, then
+    # scaled by the measured speed (demo.eta)
     estimates: dict = field(default_factory=dict)
+    reference_machine: str = "a quiet 2-core CPU"
+    # Work of the pretraining start-up (data set decode and caching, model) and of a detection
+    # trial outside its iterations (process start, precise BN, evaluation), in iterations of
+    # the same process: what the ETA counts besides the iterations (demo.eta)
+    pretrain_startup_iters: float = 0.0
+    trial_overhead_iters: float = 0.0
     # further keyword arguments of synthetic.make_voc (difficulty, sizes, classes)
     voc_kwargs: dict = field(default_factory=dict)
     cls_image_size: int = 64

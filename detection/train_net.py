@@ -10,6 +10,10 @@ once training and the final evaluation are done; ``detection.trials`` treats tha
 mark of a finished run.
 """
 
+from common.known_warnings import filter_known_warnings
+
+filter_known_warnings()  # before detectron2 is imported: it warns while importing
+
 import logging
 import os
 

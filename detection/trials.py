@@ -29,6 +29,10 @@ submitted at once. The end result is ``summary.json``, ``summary.csv`` and ``sum
 published reference (``--reference``, see ``detection.summary.REFERENCES``).
 """
 
+from common.known_warnings import filter_known_warnings
+
+filter_known_warnings()  # before detectron2 is imported: it warns while importing
+
 import argparse
 import collections
 import datetime

@@ -12,6 +12,10 @@ One process (CPU or one GPU)::
 A run restarts automatically from ``OUTPUT_DIR/last.pth`` when it exists.
 """
 
+from common.known_warnings import filter_known_warnings
+
+filter_known_warnings()  # before detectron2 is imported: it warns while importing
+
 import argparse
 import json
 import logging
