@@ -55,8 +55,8 @@ class DemoEta:
         if reference < MIN_REFERENCE:
             return
         projected = self._projected()
-        if projected is not None:
-            self.factor = projected / reference
+        if projected is not None:  # scaled to the whole stage when an earlier run did a part
+            self.factor = projected * self.total / (self.total - self.base) / reference
         else:  # no usable progress yet: the stage is at least as slow as its elapsed time says
             self.factor = max(self.factor, (now - self.started) / reference)
 

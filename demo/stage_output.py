@@ -18,16 +18,22 @@ from contextlib import contextmanager
 
 # Terminal colour codes (detectron2 colours its console log lines and the YAML it prints)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# A warning in a log: detectron2's console format ("WARNING [time logger]: ...", relayed lines
+# prefixed with "[init] ") or Python's ("file:line: UserWarning: ...")
+_WARNING = re.compile(r"^(?:\[\w+\] )?WARNING \[|^\S+:\d+: \w*Warning: ", re.M)
 
 
 class _Plain:
-    """A log file that drops terminal colour codes from what is written to it."""
+    """A log file that drops terminal colour codes from what is written to it and counts the
+    warnings in it (``warnings``); ``path`` is the file's path."""
 
     def __init__(self, file):
-        self.file = file
+        self.file, self.path, self.warnings = file, file.name, 0
 
     def write(self, text):
-        return self.file.write(_ANSI.sub("", text))
+        text = _ANSI.sub("", text)
+        self.warnings += len(_WARNING.findall(text))
+        return self.file.write(text)
 
     def flush(self):
         self.file.flush()
@@ -138,7 +144,8 @@ class StageOutput:
 
     @contextmanager
     def capture(self, stage: str):
-        """Append everything printed inside the block to the stage's log; yields its path."""
+        """Append everything printed inside the block to the stage's log. Yields the log: its
+        ``path`` and the number of ``warnings`` written to it so far through Python."""
         path = self.log_path(stage)
         routers = (sys.stdout, sys.stderr)
         with open(path, "a", buffering=1, encoding="utf-8", errors="replace") as file:
@@ -148,7 +155,7 @@ class StageOutput:
                 router.targets = [log, router.fallback] if self.verbose else [log]
             saved_fds = [] if self.verbose else _redirect_fds(log.fileno())
             try:
-                yield path
+                yield log
             finally:
                 self._idle()
                 for fd, copy in saved_fds:

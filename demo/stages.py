@@ -69,7 +69,7 @@ class StageRunner:
             return self.eta.left()
 
         result = StageResult()
-        with self.output.capture(name) as log_path:
+        with self.output.capture(name) as log:
             logger.info("stage %s (%d/%d) started", name, index, count)
             try:
                 with LiveStage(self.console, index, count, name, probe, eta):
@@ -82,12 +82,15 @@ class StageRunner:
                 logger.info("stage %s done: %s", name, result.summary)
         elapsed = time.time() - started
         if failure is not None:
-            self._report_failure(index, count, name, elapsed, log_path, failure)
-            failure.demo_log = log_path  # reported: callers need not print it again
+            self._report_failure(index, count, name, elapsed, log.path, failure)
+            failure.demo_log = log.path  # reported: callers need not print it again
             raise failure
         skipped = bool(meter) and base >= meter.total_work
         self.eta.finish(name, elapsed, skipped=skipped)
-        self.console.line(result_line(index, count, name, elapsed, result.summary))
+        summary = result.summary
+        if log.warnings:  # the stage's warnings stay in its log; say that there are some
+            summary += f" ({log.warnings} warning{'s' * (log.warnings > 1)} in {log.path})"
+        self.console.line(result_line(index, count, name, elapsed, summary))
 
     def _report_failure(self, index, count, name, elapsed, log_path, error) -> None:
         self.eta.finish(name, elapsed, skipped=True)
