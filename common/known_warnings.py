@@ -23,6 +23,16 @@ KNOWN_WARNINGS = (
         # never exports TorchScript. Nothing to do for a user.
         "detectron2 scripts two helpers at import",
     ),
+    (
+        UserWarning,
+        "torch.meshgrid: in an upcoming release, it will be required to pass the indexing "
+        "argument.",
+        "torch.functional",
+        # detectron2's anchor generator calls torch.meshgrid(shifts_y, shifts_x) and relies on
+        # the default "ij" indexing, which is what torch does today; a future torch that
+        # requires the argument will fail loudly, not change the anchors.
+        "detectron2's anchor grid uses today's default indexing on purpose",
+    ),
 )
 
 # (logger name, exact format string of the record, why it is harmless)
@@ -35,7 +45,20 @@ KNOWN_LOG_RECORDS = (
         # On a CPU-only torch there is no runtime to use it with and nothing is compiled.
         "a CPU-only torch finds a CUDA toolkit folder it will not use",
     ),
+    (
+        "torch.fx._symbolic_trace",
+        "is_fx_tracing will return true for both fx.symbolic_trace and torch.export. Please use "
+        "is_fx_tracing_symbolic_tracing() for specifically fx.symbolic_trace or "
+        "torch.compiler.is_compiling() for specifically torch.export/compile.",
+        # detectron2's ROI pooler asks whether it is being traced, to skip a shape assertion;
+        # nothing here traces or exports a model, so either answer is the same.
+        "detectron2's pooler asks whether it is traced; nothing is",
+    ),
 )
+
+# Warnings raised by torch's C++ code carry the place they were raised at, which depends on
+# the build: "... (Triggered internally at /path/TensorShape.cpp:4221.)".
+_CPP_SUFFIX = r"( \(Triggered internally at [^)]*\))?"
 
 
 class _DropExact(logging.Filter):
@@ -55,7 +78,7 @@ def filter_known_warnings() -> None:
     for category, message, module, _why in KNOWN_WARNINGS:
         warnings.filterwarnings(
             "ignore",
-            message=re.escape(message) + r"\Z",
+            message=re.escape(message) + _CPP_SUFFIX + r"\Z",
             category=category,
             module=re.escape(module) + r"\Z",
         )

@@ -23,7 +23,8 @@ def test_a_known_warning_is_hidden_and_the_same_text_elsewhere_is_not():
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         filter_known_warnings()
-        torch.jit.script(_plus_one)  # the dependency's own call: hidden
+        torch.jit.script(_plus_one)  # the dependency's own calls: hidden
+        torch.meshgrid(torch.arange(3), torch.arange(2))  # raised in C++, with its location
         warnings.warn_explicit(message, category, "x.py", 1, module=module)  # hidden
         # the same text from another module, and a warning of this project: shown
         warnings.warn_explicit(message, category, "x.py", 1, module="detection.roi_heads")
