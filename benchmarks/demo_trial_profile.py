@@ -98,36 +98,17 @@ def time_modules(model, clock):
 
 class StepClock(HookBase):
     """Wall time of each step (run_step and the other hooks' before_step) and detectron2's data
-    time; with ``ops`` > 0, torch.profiler over ``ops`` steps after the first 3."""
+    time."""
 
-    def __init__(self, ops=0):
+    def __init__(self):
         self.steps, self.data = [], []
-        self.ops, self.profiler = ops, None
 
     def before_step(self):
-        if self.ops and self.trainer.iter == 3:
-            self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
-            self.profiler.__enter__()
         self._start = time.perf_counter()
 
     def after_step(self):
         self.steps.append(time.perf_counter() - self._start)
         self.data.append(float(self.trainer.storage.history("data_time").latest()))
-        if self.profiler is not None and self.trainer.iter == 3 + self.ops - 1:
-            self.profiler.__exit__(None, None, None)
-
-
-def op_table(profiler, top=25):
-    """The ``top`` ops by self CPU time of a finished profiler, as printable lines."""
-    events = sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total = sum(e.self_cpu_time_total for e in events) or 1.0
-    lines = [f"{'op':50s} {'calls':>7s} {'self ms':>9s} {'share':>6s}"]
-    for e in events[:top]:
-        share = 100.0 * e.self_cpu_time_total / total
-        lines.append(
-            f"{e.key[:50]:50s} {e.count:7d} {e.self_cpu_time_total / 1e3:9.1f} {share:5.1f}%"
-        )
-    return lines
 
 
 def import_seconds():
@@ -175,7 +156,7 @@ def run_trial(args, data_root, out_dir):
     time_modules(trainer.model, clock)
     inner = trainer._trainer
     inner.optimizer.step = clock.wrap("train/optimizer", inner.optimizer.step)
-    steps = StepClock(args.ops)
+    steps = StepClock()
     for hook in trainer._hooks:
         name = type(hook).__name__
         hook.after_step = clock.wrap(f"hooks/{name}", hook.after_step, "in_hooks")
@@ -239,7 +220,6 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=0, help="iterations (0 = the config's)")
     p.add_argument("--full-iters", type=int, default=0, help="extrapolate to (0 = config's)")
     p.add_argument("--data-root", default="", help="the demo's generated VOC set to reuse")
-    p.add_argument("--ops", type=int, default=0, help="also list the top ops of this many steps")
     p.add_argument("--out", default="", help="JSON output path")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = p.parse_args(argv)
@@ -273,9 +253,6 @@ def main(argv=None):
         v = at_full if at_full is not None else measured
         print(f"{name:58s} {measured:10.2f} {v:10.1f} {100 * v / total_full:5.1f}%")
     print(f"{'trial total (extrapolated)':58s} {'':10s} {total_full:10.1f}")
-    if steps.profiler is not None:
-        print(f"top ops of {args.ops} training steps (self CPU time):")
-        print("\n".join(op_table(steps.profiler)))
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "torch_threads": torch.get_num_threads(),

@@ -114,7 +114,8 @@ class Console:
 
 
 class LiveStage:
-    """Draws a stage's progress line in a background thread while the stage runs.
+    """Draws a stage's progress line in a background thread while the stage runs; on a
+    terminal the next :meth:`Console.line` (the result line) replaces it.
 
     ``probe()`` returns ``(done, total, unit)``; ``eta()`` returns ``(stage_left,
     demo_left)`` in seconds (None when unknown). The line is redrawn every
@@ -162,9 +163,8 @@ class LiveStage:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        if self.console.tty:  # leave the final state of the bar on screen
+        if self.console.tty:  # the final state, until the result line replaces it
             self.console.progress(self.text())
-            self.console.close_line()
         return False
 
 
