@@ -80,12 +80,17 @@ def load_checkpoint_file(path: str) -> Any:
 
     Tries ``weights_only=True`` first; checkpoints that also store non-tensor objects (RNG
     states, argparse namespaces) fall back to full unpickling, which is only safe for trusted
-    files, so that fallback is logged. Raises :class:`CheckpointFormatError` when the file
+    files, so that fallback is logged. A ``.pkl`` is read as detectron2 reads it (a plain
+    pickle), so that a converted file is recognised as one. Raises :class:`CheckpointFormatError` when the file
     is not a PyTorch checkpoint.
     """
     if not PathManager.exists(path):
         raise CheckpointFormatError(f"{path}: no such file")
     local = PathManager.get_local_path(path)
+    if local.endswith(".pkl"):  # detectron2's format, what the converter writes
+        obj = _plain_pickle(local)
+        if obj is not None:
+            return obj
     try:
         return torch.load(local, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -95,9 +100,6 @@ def load_checkpoint_file(path: str) -> Any:
     try:
         obj = torch.load(local, map_location="cpu", weights_only=False)
     except Exception as e:
-        obj = _plain_pickle(local)
-        if obj is not None:  # a detectron2 .pkl (what the converter writes), not torch.save
-            return obj
         raise CheckpointFormatError(
             f"{path}: not a PyTorch checkpoint ({type(e).__name__}: {e}). Pass the .pth/.pth.tar "
             "file written by pretraining, the reference MoCo release or torchvision."

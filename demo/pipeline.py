@@ -132,8 +132,8 @@ def run_pretrain(config: str, opts: list) -> str:
 def knn_random_vs_trained(config: str, opts: list, checkpoint: str, device: str = "cpu") -> dict:
     """Weighted kNN top-1 (%) of the query encoder at its random init (the same seed and code
     path as pretraining starts from) and after pretraining."""
+    from evaluation.knn import load_encoder
     from pretrain.builder import build_moco
-    from pretrain.checkpoint import load_moco
     from pretrain.config import load_cfg
     from pretrain.knn import knn_accuracy
 
@@ -141,13 +141,12 @@ def knn_random_vs_trained(config: str, opts: list, checkpoint: str, device: str 
     result = {}
     for name in ("random_init", "moco"):
         if name == "moco":
-            model, _ = load_moco(checkpoint)  # every weight and buffer comes from the file
+            encoder = load_encoder(checkpoint)  # strict; logs "loaded N/N backbone tensors"
         else:
             torch.manual_seed(cfg.SEED)
-            model = build_moco(cfg)
-        model.to(device)
+            encoder = build_moco(cfg).encoder_q
         acc = knn_accuracy(
-            model.encoder_q,
+            encoder.to(device),
             cfg.DATA.KNN_TRAIN,
             cfg.DATA.KNN_VAL,
             size=cfg.TEST.KNN_SIZE or cfg.INPUT.SIZE,
@@ -223,7 +222,8 @@ def run_detection(out: str, weights: dict, voc: str, preset: Preset, seeds) -> d
                 "--reference", "none",
                 "--log-period", "60",
                 *preset.trial_args,
-                "MODEL.WEIGHTS", w,
+                # "": the random-init baseline, asked for explicitly (detection/weights.py)
+                "MODEL.WEIGHTS", w, *(() if w else ("TRANSFER.INIT", "random")),
                 "TRANSFER.VOC_LIKE_ROOT", voc,
                 *preset.detection_opts,
                 *preset.init_opts.get(name, ()),
