@@ -201,9 +201,12 @@ class CheckedCheckpointer(DetectionCheckpointer):
         return self.eval_only or self.resuming
 
     def _expected(self) -> list:
-        """Names of the model tensors this load must fill."""
+        """Names of the model tensors this load must fill (BN step counters left out: torch
+        fills a missing one itself)."""
         state = self.model.state_dict()
-        return list(state) if self._whole() else list(detectron2_backbone_names(state))
+        if self._whole():
+            return [k for k in state if not k.endswith("num_batches_tracked")]
+        return list(detectron2_backbone_names(state))
 
     def _expected_report(self) -> LoadReport:
         return LoadReport("detector" if self._whole() else "backbone", len(self._expected()))
