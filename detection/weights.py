@@ -240,6 +240,9 @@ class CheckedCheckpointer(DetectionCheckpointer):
         report.unexpected = unexpected if whole else list(detectron2_backbone_names(unexpected))
         return report
 
+    def _source(self) -> str:
+        return "The last checkpoint" if self.resuming else "MODEL.WEIGHTS"
+
     def _refuse(self, obj, report):
         raise WeightsMismatchError(
             refusal(self._path, report, identify(obj), self.cfg, self.eval_only, self.resuming)
@@ -249,11 +252,16 @@ class CheckedCheckpointer(DetectionCheckpointer):
         try:
             return super()._load_file(filename)
         except Exception as e:  # e.g. weights_only refuses the numpy RNG state of last.pth
-            try:
-                obj = load_checkpoint_file(filename)
-            except CheckpointFormatError as unreadable:
-                raise WeightsMismatchError(f"MODEL.WEIGHTS {unreadable}") from e
-            self._refuse(obj, self._nothing_loaded())
+            error = e
+        try:  # read it the converter's way, only to say what it is
+            obj = load_checkpoint_file(filename)
+        except CheckpointFormatError:
+            raise WeightsMismatchError(
+                f"{self._source()} {self._path} is neither a PyTorch checkpoint nor a detectron2 "
+                "pickle (truncated or corrupt?).\nPass a converted backbone "
+                f"({_CONVERT_HINT}) or a detector's model_*.pth."
+            ) from error
+        self._refuse(obj, self._nothing_loaded())
 
     def _load_model(self, checkpoint):
         state = checkpoint.get("model")

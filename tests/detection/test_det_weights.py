@@ -80,6 +80,17 @@ def test_each_wrong_file_is_refused_with_its_kind_and_fix(detector, files, kind)
     assert fix.format(p=path, c=_pkl(path)) in last  # the last line a user sees is the fix
 
 
+def test_unreadable_file_is_named_with_the_fix(detector, tmp_path):
+    cfg, model = detector
+    path = tmp_path / "model_final.pth"
+    path.write_bytes(b"\x80\x02truncated")
+    with pytest.raises(WeightsMismatchError) as err:
+        _load(cfg, model, str(path))
+    first, last = str(err.value).splitlines()
+    assert first.startswith(f"MODEL.WEIGHTS {path} is neither a PyTorch checkpoint")
+    assert last.startswith("Pass a converted backbone (python -m convert")
+
+
 def test_converted_backbone_loads_all_and_says_so(detector, files, caplog):
     cfg, model = detector
     with caplog.at_level(logging.INFO, logger="detection.weights"):
