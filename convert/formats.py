@@ -81,8 +81,8 @@ def load_checkpoint_file(path: str) -> Any:
     Tries ``weights_only=True`` first; checkpoints that also store non-tensor objects (RNG
     states, argparse namespaces) fall back to full unpickling, which is only safe for trusted
     files, so that fallback is logged. A ``.pkl`` is read as detectron2 reads it (a plain
-    pickle), so that a converted file is recognised as one. Raises :class:`CheckpointFormatError` when the file
-    is not a PyTorch checkpoint.
+    pickle), so that a converted file is recognised as one. Raises
+    :class:`CheckpointFormatError` when the file is not a PyTorch checkpoint.
     """
     if not PathManager.exists(path):
         raise CheckpointFormatError(f"{path}: no such file")
