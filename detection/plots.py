@@ -22,9 +22,10 @@ logger = logging.getLogger("detection.plots")
 
 
 def plot_trials(summary, path):
-    """Per-trial AP50 / AP / AP75 of one summary, with the mean (line), ± std (band) and the
-    reference (dashed) when present. Writes a PNG to ``path`` and returns ``path``."""
-    fig, axes = new_figure(10, 3.2, 1, len(METRICS))
+    """Per-trial AP50 / AP / AP75 of one summary (x: trial and its seed; failed trials have a
+    tick but no point), with the mean (line), ± std (band) and the reference (dashed) when
+    present. Writes a PNG to ``path`` and returns ``path``."""
+    fig, axes = new_figure(10, 3.6, 1, len(METRICS))
     axes = axes[0]
     finished = [t for t in summary["trials"] if t.get("status") == "finished"]
     ref = summary.get("reference")
@@ -36,9 +37,14 @@ def plot_trials(summary, path):
             ax.axhspan(mean - std, mean + std, color="C1", alpha=0.2, label="± std")
         if ref:
             ax.axhline(ref[m], color="k", linestyle="--", label=f"reference ({ref['name']})")
-        ax.set(title=m, xlabel="trial", xticks=[t["trial"] for t in summary["trials"]])
+        ax.set_xticks(
+            [t["trial"] for t in summary["trials"]],
+            [f"{t['trial']}\n{t['seed']}" for t in summary["trials"]],
+        )
+        ax.set(title=m, xlabel="trial / seed")
     axes[0].set_ylabel("test-set AP (%)")
-    axes[0].legend(fontsize="small")
+    # below the panels, so it never hides a point
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=4)
     return save_png(fig, path)
 
 
@@ -79,8 +85,8 @@ def plot_compare(summaries, labels, path):
         stds = [(s["std"].get(m) or 0.0) for m in METRICS]
         ax.bar(xs, means, width, yerr=stds, capsize=3, label=f"{label} (n={s['num_finished']})")
     ax.set_xticks(range(len(METRICS)), METRICS)
-    ax.set_ylabel("test-set AP (%)")
-    ax.legend(fontsize="small")
+    ax.set_ylabel("test-set AP (%), mean ± std")
+    fig.legend(loc="outside lower center", ncols=min(len(labels), 4))  # never over a bar
     return save_png(fig, path)
 
 
