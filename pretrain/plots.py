@@ -30,7 +30,10 @@ KEYS = {
 }
 
 
-NO_KNN = "no kNN monitor in this run\n(set DATA.KNN_TRAIN, DATA.KNN_VAL and TEST.KNN_PERIOD)"
+NO_KNN = (
+    "no kNN monitor in this run\n(it needs DATA.KNN_TRAIN,\nDATA.KNN_VAL and TEST.KNN_PERIOD > 0)"
+)
+MARKERS_UP_TO = 50  # points per series drawn with markers (a single point is visible too)
 
 
 class MetricsError(ValueError):
@@ -117,16 +120,18 @@ def plot_curves(output_dir, out=None):
     fig, axes = new_figure(10, 6.4, 2, 2)
     (loss_ax, knn_ax), (lr_ax, speed_ax) = axes
     _line(loss_ax, series["loss"], "loss (nats)", "InfoNCE loss (median of 20 iterations)")
-    _line(knn_ax, series["knn_top1"], "top-1 (%)", "kNN monitor: weighted kNN top-1", "o-")
+    _line(knn_ax, series["knn_top1"], "top-1 (%)", "kNN monitor: weighted kNN top-1")
     if not series["knn_top1"][0]:
         no_data(knn_ax, NO_KNN)
     _line(lr_ax, series["lr"], "learning rate", "learning rate (at each logged iteration)")
-    lr_ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    # each tick with its own exponent: an axis offset ("1e-5") would overlap the title
+    lr_ax.yaxis.set_major_formatter(lambda value, _: f"{value:.3g}")
     _line(speed_ax, series["pairs_per_s"], "pairs/s", "speed (per logging window)", label="pairs/s")
     speed_ax.set_ylim(bottom=0)  # from zero, so window-to-window noise is not read as a trend
     wait_ax = speed_ax.twinx()
     its, pct = series["data_wait_pct"]
-    wait_ax.plot(its, pct, color="C3", linestyle="--", label="waiting for data")
+    marker = "s" if len(its) <= MARKERS_UP_TO else None
+    wait_ax.plot(its, pct, color="C3", linestyle="--", marker=marker, label="waiting for data")
     wait_ax.set_ylabel("waiting for data (% of wall clock)")
     wait_ax.set_ylim(0, min(100.0, 1.2 * max(pct, default=0.0)) or 1.0)
     lines = speed_ax.get_lines() + wait_ax.get_lines()
@@ -136,8 +141,9 @@ def plot_curves(output_dir, out=None):
     return {"path": out, "series": series}
 
 
-def _line(ax, points, ylabel, title, style="-", label=None):
-    ax.plot(*points, style, markersize=4, label=label)
+def _line(ax, points, ylabel, title, label=None):
+    marker = "o" if len(points[0]) <= MARKERS_UP_TO else None
+    ax.plot(*points, marker=marker, markersize=4, label=label)
     ax.set(xlabel="iteration", ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
 
