@@ -23,6 +23,9 @@ import time
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 logger = logging.getLogger("detection.trials")
 PHASES = ("waiting", "running", "evaluating", "done", "failed")
 TTY_REFRESH_S = 1.0  # how often the lines are redrawn on a terminal
@@ -191,9 +194,6 @@ class StatusDisplay:
     def _open_bars(self, stream, loggers):
         # tqdm draws each line at a fixed position, and its logging redirect clears the lines,
         # prints a log record, and draws them again, so records never mix with the display.
-        from tqdm import tqdm
-        from tqdm.contrib.logging import logging_redirect_tqdm
-
         self.bars = [
             tqdm(file=stream, position=i, bar_format="{desc}", leave=False)
             for i in range(len(self.trials) + 1)
