@@ -1,7 +1,9 @@
 """Per-trial figure and the comparison table/figure of several summaries."""
 
 import pytest
+from det_helpers import TINY_CONFIG
 
+from detection import trials as trials_mod
 from detection.plots import compare_markdown, main, plot_trials
 from detection.summary import aggregate, write_summary
 
@@ -49,10 +51,6 @@ def test_single_trial_has_no_std():
 
 
 def test_runner_summary_shows_the_trials_figure(tmp_path, monkeypatch):
-    from det_helpers import TINY_CONFIG
-
-    from detection import trials as trials_mod
-
     def fake_run_trials(trials, *args, **kwargs):  # every trial finishes with given numbers
         for t in trials:
             t.update(status="finished", attempts=1, AP50=80.0 + t["trial"], AP=50.0, AP75=55.0)
