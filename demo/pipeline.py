@@ -383,8 +383,24 @@ def _setup_lines(preset) -> list:
     return [" ".join(lines), ""]
 
 
+def _curves_lines(out: str) -> list:
+    """Markdown lines showing the pretraining curves (drawn into ``out/pretrain/curves.png``),
+    or saying why there are none."""
+    from pretrain.plots import MetricsError, plot_curves
+
+    try:
+        png = plot_curves(os.path.join(out, "pretrain"))["path"]
+    except MetricsError as e:
+        return [f"No pretraining curves: {e}.", ""]
+    return ["Pretraining curves:", "", f"![pretraining curves]({os.path.relpath(png, out)})", ""]
+
+
 def write_report(out: str, knn: dict, summaries: dict, preset=None) -> tuple:
     """Comparison tables and chart, the two claims checked, ``report.md`` and ``report.json``.
+
+    ``report.md`` shows its figures with paths relative to ``out``: the pretraining curves
+    (``pretrain/curves.png``), the comparison (``comparison.png``) and each init's trials
+    (``detection/<init>/trials.png``), all written by this function.
 
     ``preset`` (optional) adds a line saying how each init was fine-tuned.
 
@@ -417,9 +433,13 @@ def write_report(out: str, knn: dict, summaries: dict, preset=None) -> tuple:
             f"| MoCo (tiny) | {knn['moco']:.2f} |",
             f"| chance | {knn['chance']:.2f} |",
             "",
+            *_curves_lines(out),
             "## Detection transfer: Faster R-CNN R50-C4 (thin), synthetic VOC07+12 -> VOC07 test",
             "",
             table,
+            "![mean ± std AP of each init](comparison.png)",
+            "",
+            *(f"![{k}: AP of each seed](detection/{k}/trials.png)\n" for k in labels),
             *(_setup_lines(preset) if preset is not None else []),
             "Per seed (the same seed gives both inits the same data order and head init):",
             "",
