@@ -19,6 +19,9 @@ Both fixtures return the root as a ``pathlib.Path``; the generator's summary dic
 
 import importlib.util
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -124,3 +127,44 @@ def load_benchmark():
         return module
 
     return load
+
+
+# Holds <folder>/run.lock as a running command would, prints "ready" and sleeps.
+_LOCK_HOLDER = (
+    "import os, sys, time\n"
+    "from common.locks import OutputLock\n"
+    "OutputLock(os.path.join(sys.argv[1], 'run.lock'), kind='run').acquire()\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+@pytest.fixture
+def lock_holder():
+    """``lock_holder(folder)``: start a process that holds ``<folder>/run.lock`` (its command
+    line ends with ``holder-marker``) and return its ``Popen`` once it holds the lock. Kill it
+    with ``kill()`` (SIGKILL, then reaped) to leave a dead owner's lock behind; any still
+    running at the end of the test are killed."""
+    procs = []
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def start(folder):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _LOCK_HOLDER, str(folder), "holder-marker"],
+            env=dict(os.environ, PYTHONPATH=repo),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "ready"
+        return proc
+
+    def kill(proc):
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    start.kill = kill
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            kill(proc)

@@ -8,9 +8,6 @@ of a dead one is taken over. (Free keys resume bit for bit: tests/pretrain/test_
 
 import logging
 import os
-import signal
-import subprocess
-import sys
 
 import pytest
 from moco_helpers import TINY_CONFIG, tiny_train_cfg
@@ -19,8 +16,6 @@ from common.runconfig import ChangedRunError
 from pretrain.checkpoint import check_same_run
 from pretrain.config import FREE_KEYS, RUN_KEYS, get_pretrain_cfg
 from pretrain.train_net import main, train
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _leaf_keys(node, prefix=""):
@@ -95,42 +90,19 @@ def _main_argv(root, out):
     return ["--config-file", TINY_CONFIG] + [x for kv in opts.items() for x in map(str, kv)]
 
 
-# Holds <folder>/run.lock as a run would, prints "ready" and sleeps (argv: folder, a marker).
-HOLDER = (
-    "import os, sys, time\n"
-    "from common.locks import OutputLock\n"
-    "OutputLock(os.path.join(sys.argv[1], 'run.lock'), kind='run').acquire()\n"
-    "print('ready', flush=True)\n"
-    "time.sleep(600)\n"
-)
-
-
-def start_holder(folder):
-    """A live process holding ``<folder>/run.lock``; returns the Popen once it holds it."""
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(folder), "holder-marker"],
-        env=dict(os.environ, PYTHONPATH=REPO),
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout.readline().strip() == "ready"
-    return holder
-
-
-def test_a_second_run_on_one_output_dir_is_refused(synthetic_cls_root, tmp_path, capsys, caplog):
+def test_a_second_run_on_one_output_dir_is_refused(
+    synthetic_cls_root, tmp_path, capsys, caplog, lock_holder
+):
     out = tmp_path / "run"
-    holder = start_holder(out)
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            main(_main_argv(synthetic_cls_root, out))
-        assert exit_info.value.code == 2
-        err = capsys.readouterr().err
-        assert f"{out / 'run.lock'} is held: run pid {holder.pid} on " in err, err
-        assert "started 20" in err and "holder-marker" in err and f"kill {holder.pid}" in err
-        assert sorted(os.listdir(out)) == ["run.lock"]  # nothing of the run was written
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
+    holder = lock_holder(out)
+    with pytest.raises(SystemExit) as exit_info:
+        main(_main_argv(synthetic_cls_root, out))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'run.lock'} is held: run pid {holder.pid} on " in err, err
+    assert "started 20" in err and "holder-marker" in err and f"kill {holder.pid}" in err
+    assert sorted(os.listdir(out)) == ["run.lock"]  # nothing of the run was written
+    lock_holder.kill(holder)
     # the owner is gone: its lock is taken over (logged), the run trains and removes the lock
     with caplog.at_level(logging.WARNING, logger="common.locks"):
         main(_main_argv(synthetic_cls_root, out))
