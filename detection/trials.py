@@ -43,6 +43,7 @@ import time
 import torch
 from detectron2.utils.logger import setup_logger
 
+from common.cli import above, at_least
 from common.io import atomic_write_json
 from common.locks import HEARTBEAT_S, STALE_LOCK_S, LockHeldError, OutputLock
 from common.runconfig import ChangedRunError, diff_lines, flatten_config
@@ -53,6 +54,7 @@ from .summary import (
     FINAL_METRICS,
     METRICS,
     REFERENCES,
+    EmptySummaryError,
     aggregate,
     format_markdown,
     write_summary,
@@ -60,6 +62,8 @@ from .summary import (
 
 logger = logging.getLogger("detection.trials")
 RESERVED_KEYS = ("OUTPUT_DIR", "SEED", "TRANSFER.TRIAL")  # set per trial by the runner
+# detectron2 draws a random seed for a negative SEED: such a trial could not be repeated
+SEED_WHY = " (a negative SEED makes detectron2 pick a random one)"
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -456,23 +460,34 @@ def build_parser():
     )
     p.add_argument("--config-file", required=True, help="detection config (configs/detection)")
     p.add_argument("--output-dir", required=True, help="trial folders and summary go here")
-    p.add_argument("--num-trials", type=int, default=5, help="the papers report 5")
-    p.add_argument("--base-seed", type=int, default=0, help="seeds are base + 1000 * i")
-    p.add_argument("--seeds", type=int, nargs="+", help="explicit seeds (sets --num-trials)")
+    p.add_argument("--num-trials", type=at_least(1), default=5, help="the papers report 5")
+    p.add_argument(
+        "--base-seed", type=at_least(0, why=SEED_WHY), default=0, help="seeds are base + 1000 * i"
+    )
+    p.add_argument(
+        "--seeds",
+        type=at_least(0, why=SEED_WHY),
+        nargs="+",
+        help="explicit seeds (sets --num-trials)",
+    )
     p.add_argument(
         "--gpus-per-trial",
-        type=int,
+        type=at_least(1),
         default=1,
         help="--num-gpus of each trial; more visible GPUs run trials in parallel",
     )
-    p.add_argument("--retries", type=int, default=1, help="extra attempts for a failed trial")
+    p.add_argument(
+        "--retries", type=at_least(0), default=1, help="extra attempts for a failed trial (0: none)"
+    )
     p.add_argument(
         "--reference",
         default=None,
         help=f"published result to compare with, one of {sorted(REFERENCES)} or "
         "'none'; default: the config's TRANSFER.REFERENCE",
     )
-    p.add_argument("--log-period", type=float, default=60.0, help="seconds between progress lines")
+    p.add_argument(
+        "--log-period", type=above(0.0), default=60.0, help="seconds between progress lines"
+    )
     p.add_argument(
         "--force-unlock",
         action="store_true",
@@ -482,13 +497,13 @@ def build_parser():
     )
     p.add_argument(
         "--stale-lock-s",
-        type=float,
+        type=above(0.0),
         default=STALE_LOCK_S,
         help="a lock from another host without heartbeat for this long is stale",
     )
     p.add_argument(
         "--lock-wait-s",
-        type=float,
+        type=at_least(0.0, float),
         default=10.0,
         help="wait this long for a locked trial (e.g. a runner just stopped) before refusing",
     )
@@ -505,8 +520,9 @@ def build_parser():
 
 def main(argv=None):
     """Command-line entry point (``moco-trials``). Returns the exit status: 0 when every trial
-    finished, 1 when one failed twice, 2 when nothing was started (a trial is locked by another
-    live runner, or a ``final_metrics.json`` is damaged), 130 when interrupted."""
+    finished, 1 when one failed twice (no summary is written when none finished), 2 when nothing
+    was started (a trial is locked by another live runner, or a ``final_metrics.json`` is
+    damaged), 130 when interrupted."""
     args = build_parser().parse_args(argv)
     opts = [o for o in args.opts if o != "--"]
     clash = [k for k in opts[::2] if k in RESERVED_KEYS]
@@ -574,7 +590,11 @@ def main(argv=None):
             signal.signal(signal.SIGTERM, previous)
     summary = aggregate(trials, reference)
     summary.update(config_file=config_file, overrides=opts)
-    paths = write_summary(out_dir, summary)
+    try:
+        paths = write_summary(out_dir, summary)  # only from finished trials
+    except EmptySummaryError as e:
+        logger.error("%s", e)
+        return 1
     logger.info("Summary (%s):\n%s", paths["md"], format_markdown(summary))
     return 1 if summary["failed"] else 0
 
