@@ -397,7 +397,11 @@ def write_report(out: str, knn: dict, summaries: dict, preset=None) -> tuple:
     from detection.plots import compare_markdown, plot_compare, plot_trials
     from detection.summary import EmptySummaryError
 
-    empty = [k for k, summary in summaries.items() if not summary.get("num_finished")]
+    empty = [
+        k
+        for k, summary in summaries.items()
+        if not any(t.get("status") == "finished" for t in summary["trials"])
+    ]
     if empty:  # nothing to compare: keep the report of an earlier run as it is
         raise EmptySummaryError(
             f"no finished detection trial for {empty}, so {os.path.join(out, 'report.md')} "
