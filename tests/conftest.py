@@ -18,6 +18,8 @@ Both fixtures return the root as a ``pathlib.Path``; the generator's summary dic
 """
 
 import importlib.util
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -168,3 +170,34 @@ def lock_holder():
     for proc in procs:
         if proc.poll() is None:
             kill(proc)
+
+
+@pytest.fixture
+def one_writer_check(lock_holder, capsys, caplog, monkeypatch):
+    """``one_writer_check(main, argv, folder, module)``: the command ``main(argv)`` of
+    ``module`` (which launches through ``module.launch_from_args``) refuses while a live
+    process holds ``<folder>/run.lock`` (exit status 2, the owner's pid, start time and command
+    on stderr, nothing written), then takes the lock of that owner once it is dead (logged)
+    and holds it, as this process, while it launches; the lock is gone afterwards."""
+
+    def check(main, argv, folder, module):
+        lock = os.path.join(folder, "run.lock")
+        holder = lock_holder(folder)
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{lock} is held: run pid {holder.pid} on " in err, err
+        assert "started 20" in err and "holder-marker" in err and f"kill {holder.pid}" in err
+        assert os.listdir(folder) == ["run.lock"]  # nothing of the command was written
+        lock_holder.kill(holder)
+        seen = []  # the lock's owner while the command "trains"
+        monkeypatch.setattr(
+            module, "launch_from_args", lambda run, args: seen.append(json.load(open(lock)))
+        )
+        with caplog.at_level(logging.WARNING, logger="common.locks"):
+            main(argv)
+        assert f"taking over the stale lock of run pid {holder.pid}" in caplog.text
+        assert [owner["pid"] for owner in seen] == [os.getpid()] and not os.path.exists(lock)
+
+    return check

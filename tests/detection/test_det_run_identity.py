@@ -1,8 +1,6 @@
 """`detection.train_net`: --resume continues only the run a folder holds, and one command writes
 to an OUTPUT_DIR at a time (while a trial runner's lock next to the folder does not block it)."""
 
-import json
-import logging
 import os
 
 import pytest
@@ -48,34 +46,17 @@ def test_resume_with_a_changed_config_is_refused(tiny_voc_root, tmp_path):
     assert train_net.setup(_args(tiny_voc_root, out, *changed, resume=False)).SEED == 5
 
 
-def test_one_command_per_output_dir(
-    tiny_voc_root, tmp_path, capsys, caplog, monkeypatch, lock_holder
-):
+def test_one_command_per_output_dir(tmp_path, monkeypatch, one_writer_check):
     out = tmp_path / "trial_0_seed_0"
-    lock = out / "run.lock"
     argv = ["--config-file", TINY_CONFIG, "--resume", "OUTPUT_DIR", str(out)]
-    holder = lock_holder(out)
-    with pytest.raises(SystemExit) as exit_info:
-        train_net.main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert f"run.lock is held: run pid {holder.pid} on " in err and "holder-marker" in err
-    assert sorted(os.listdir(out)) == ["run.lock"]
-    lock_holder.kill(holder)
-
-    seen = []  # what the lock file says while the command "trains"
-    monkeypatch.setattr(
-        train_net, "launch_from_args", lambda run, args: seen.append(json.load(open(lock)))
-    )
-    with caplog.at_level(logging.WARNING, logger="common.locks"):
-        train_net.main(argv)  # the dead owner's lock is taken over
-    assert f"taking over the stale lock of run pid {holder.pid}" in caplog.text
-    assert seen[-1]["pid"] == os.getpid() and not (out / "run.lock").exists()
+    one_writer_check(train_net.main, argv, str(out), train_net)
     # a trial runner holds <trial folder>.lock and passes it to the trial: the trial still runs
+    launched = []
+    monkeypatch.setattr(train_net, "launch_from_args", lambda run, args: launched.append(args))
     runner_lock = TrialLock(str(out))
     runner_lock.acquire()
     try:
         train_net.main(argv)
     finally:
         runner_lock.release()
-    assert len(seen) == 2 and seen[-1]["pid"] == os.getpid()
+    assert len(launched) == 1 and runner_lock.path == str(out) + ".lock"

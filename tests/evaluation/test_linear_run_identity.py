@@ -1,7 +1,5 @@
 """Linear evaluation: a resume continues only the head's own run, one command per output folder."""
 
-import json
-import logging
 import os
 
 import pytest
@@ -58,23 +56,8 @@ def test_resume_with_other_settings_is_refused(thin_checkpoints, synthetic_cls_r
 
 
 def test_one_command_per_output_dir(
-    thin_checkpoints, synthetic_cls_root, tmp_path, capsys, caplog, monkeypatch, lock_holder
+    thin_checkpoints, synthetic_cls_root, tmp_path, one_writer_check
 ):
     out = tmp_path / "lin"
     argv = _argv(thin_checkpoints["pretrain"], synthetic_cls_root, out)
-    holder = lock_holder(out)
-    with pytest.raises(SystemExit) as exit_info:
-        linear.main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert f"run.lock is held: run pid {holder.pid} on " in err and "holder-marker" in err
-    assert sorted(os.listdir(out)) == ["run.lock"]
-    lock_holder.kill(holder)
-    seen = []  # what the lock file says while the command "trains"
-    monkeypatch.setattr(
-        linear, "launch_from_args", lambda run, args: seen.append(json.load(open(out / "run.lock")))
-    )
-    with caplog.at_level(logging.WARNING, logger="common.locks"):
-        linear.main(argv)
-    assert f"taking over the stale lock of run pid {holder.pid}" in caplog.text
-    assert seen[0]["pid"] == os.getpid() and not (out / "run.lock").exists()
+    one_writer_check(linear.main, argv, str(out), linear)

@@ -6,12 +6,10 @@ load_state_dict error. A second pretraining on a folder in use exits naming the 
 of a dead one is taken over. (Free keys resume bit for bit: tests/pretrain/test_moco_resume.py.)
 """
 
-import logging
-import os
-
 import pytest
 from moco_helpers import TINY_CONFIG, tiny_train_cfg
 
+import pretrain.train_net as train_net
 from common.runconfig import ChangedRunError
 from pretrain.checkpoint import check_same_run
 from pretrain.config import FREE_KEYS, RUN_KEYS, get_pretrain_cfg
@@ -57,8 +55,10 @@ def test_a_changed_recipe_is_refused_listing_old_and_new(synthetic_cls_root, tmp
     assert "size mismatch" not in str(err.value)
     assert (out / "last.pth").read_bytes() == before  # nothing was written
     # starting afresh in the folder (--no-auto-resume) is the other way out
-    fresh = train(_cfg(synthetic_cls_root, out, MODEL__K=32), auto_resume=False)
-    assert fresh == {"epoch": 2, "iteration": 2}
+    fresh = train(
+        _cfg(synthetic_cls_root, out, MODEL__K=32), auto_resume=False, stop_after_epochs=1
+    )
+    assert fresh == {"epoch": 1, "iteration": 1}
 
 
 def test_another_number_of_iterations_per_epoch_is_refused():
@@ -90,21 +90,6 @@ def _main_argv(root, out):
     return ["--config-file", TINY_CONFIG] + [x for kv in opts.items() for x in map(str, kv)]
 
 
-def test_a_second_run_on_one_output_dir_is_refused(
-    synthetic_cls_root, tmp_path, capsys, caplog, lock_holder
-):
+def test_a_second_run_on_one_output_dir_is_refused(synthetic_cls_root, tmp_path, one_writer_check):
     out = tmp_path / "run"
-    holder = lock_holder(out)
-    with pytest.raises(SystemExit) as exit_info:
-        main(_main_argv(synthetic_cls_root, out))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert f"{out / 'run.lock'} is held: run pid {holder.pid} on " in err, err
-    assert "started 20" in err and "holder-marker" in err and f"kill {holder.pid}" in err
-    assert sorted(os.listdir(out)) == ["run.lock"]  # nothing of the run was written
-    lock_holder.kill(holder)
-    # the owner is gone: its lock is taken over (logged), the run trains and removes the lock
-    with caplog.at_level(logging.WARNING, logger="common.locks"):
-        main(_main_argv(synthetic_cls_root, out))
-    assert f"taking over the stale lock of run pid {holder.pid}" in caplog.text
-    assert (out / "last.pth").exists() and not (out / "run.lock").exists()
+    one_writer_check(main, _main_argv(synthetic_cls_root, out), str(out), train_net)
