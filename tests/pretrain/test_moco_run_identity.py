@@ -7,11 +7,12 @@ of a dead one is taken over. (Free keys resume bit for bit: tests/pretrain/test_
 """
 
 import pytest
+import torch
 from moco_helpers import TINY_CONFIG, tiny_train_cfg
 
 import pretrain.train_net as train_net
 from common.runconfig import ChangedRunError
-from pretrain.checkpoint import check_same_run
+from pretrain.checkpoint import CheckpointError, check_same_run, load_checkpoint
 from pretrain.config import FREE_KEYS, RUN_KEYS, get_pretrain_cfg
 from pretrain.train_net import main, train
 
@@ -54,6 +55,14 @@ def test_a_changed_recipe_is_refused_listing_old_and_new(synthetic_cls_root, tmp
         train(_cfg(synthetic_cls_root, out, MODEL__K=32))
     assert "size mismatch" not in str(err.value)
     assert (out / "last.pth").read_bytes() == before  # nothing was written
+    # a file without a saved config cannot be compared; restore() still says it in one line
+    ckpt = load_checkpoint(str(out / "last.pth"))
+    del ckpt["cfg"]
+    torch.save(ckpt, tmp_path / "no_cfg.pth")
+    with pytest.raises(
+        CheckpointError, match=r"does not fit this config \(size mismatch for queue"
+    ):
+        train(_cfg(synthetic_cls_root, out, MODEL__K=32), resume=str(tmp_path / "no_cfg.pth"))
     # starting afresh in the folder (--no-auto-resume) is the other way out
     fresh = train(
         _cfg(synthetic_cls_root, out, MODEL__K=32), auto_resume=False, stop_after_epochs=1
