@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from common.io import atomic_write_json
+from common.io import atomic_write, atomic_write_json
 
 from .presets import PRESETS, ROOT, Preset
 
@@ -406,10 +406,23 @@ def write_report(out: str, knn: dict, summaries: dict, preset=None) -> tuple:
 
     Returns ``(report, text)``: the content of ``report.json`` (a dict with ``knn``,
     ``detection`` means, ``detection_std``, ``paired`` AP50 difference from
-    :func:`paired_difference` and ``claims``) and the markdown of ``report.md``.
+    :func:`paired_difference` and ``claims``) and the markdown of ``report.md``, both written
+    atomically. Raises ``detection.summary.EmptySummaryError`` (writing nothing) when an init
+    has no finished trial.
     """
     from detection.plots import compare_markdown, plot_compare, plot_trials
+    from detection.summary import EmptySummaryError
 
+    empty = [
+        k
+        for k, summary in summaries.items()
+        if not any(t.get("status") == "finished" for t in summary["trials"])
+    ]
+    if empty:  # nothing to compare: keep the report of an earlier run as it is
+        raise EmptySummaryError(
+            f"no finished detection trial for {empty}, so {os.path.join(out, 'report.md')} "
+            "was not written; rerun the demo to resume the trials"
+        )
     labels = list(summaries)
     table = compare_markdown([summaries[k] for k in labels], labels)
     plot_compare([summaries[k] for k in labels], labels, os.path.join(out, "comparison.png"))
@@ -458,8 +471,7 @@ def write_report(out: str, knn: dict, summaries: dict, preset=None) -> tuple:
             "",
         ]
     )
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(text)
+    atomic_write(os.path.join(out, "report.md"), lambda f: f.write(text), text=True)
     report = {
         "knn": knn,
         "detection": {k: summaries[k]["mean"] for k in labels},

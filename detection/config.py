@@ -29,6 +29,33 @@ SYNTHETIC_DET_CLASSES = ("disk", "square", "triangle", "star", "cross", "ring")
 SYNC_NORMS = ("SyncBN", "naiveSyncBN", "naiveSyncBN_N", "nnSyncBN")
 
 
+# Keys a `detection.train_net --resume` may change (docs/reliability.md): where and how fast
+# the same training runs, where the data and outputs are, and labels. Every other key, of
+# detectron2 and of TRANSFER, shapes the run (model, data sets, solver, input, test settings,
+# SEED, MODEL.WEIGHTS, TF32, AMP dtype, padding), and a resume with one of them changed is
+# refused. The compile and SGD-implementation switches compute the same functions (see the
+# speed options below); TF32, the AMP dtype and the padding change the arithmetic or the BN
+# statistics, so they count as the run's.
+RESUME_FREE_KEYS = (
+    "OUTPUT_DIR",
+    "MODEL.DEVICE",
+    "DATALOADER.NUM_WORKERS",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "VIS_PERIOD",
+    "CUDNN_BENCHMARK",
+    "TRANSFER.TRIAL",
+    "TRANSFER.REFERENCE",
+    "TRANSFER.VOC_ROOT",
+    "TRANSFER.VOC_LIKE_ROOT",
+    "TRANSFER.CPU_THREADS",
+    "TRANSFER.CHANNELS_LAST",
+    "TRANSFER.SGD_IMPL",
+    "TRANSFER.COMPILE_RES5",
+    "TRANSFER.COMPILE_DYNAMIC",
+    "TRANSFER.COMPILE_BACKEND",
+)
+
+
 def add_moco_detection_config(cfg):
     """Add the ``TRANSFER`` node to a detectron2 config, in place.
 

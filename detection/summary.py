@@ -158,14 +158,29 @@ def format_csv(summary):
     return out.getvalue()
 
 
+class EmptySummaryError(ValueError):
+    """A summary without a single finished trial; it is not written, so it never replaces one
+    that has results."""
+
+
 def write_summary(out_dir, summary, figure=None):
-    """Write ``summary.json``, ``summary.csv`` and ``summary.md`` into ``out_dir``; summary.md
-    shows ``figure`` (a PNG path, e.g. from ``detection.plots.plot_trials``) when given.
+    """Write ``summary.json``, ``summary.csv`` and ``summary.md`` into ``out_dir``, each
+    atomically (``common.io.atomic_write``); summary.md shows ``figure`` (a PNG path, e.g. from
+    ``detection.plots.plot_trials``) when given.
 
     Returns:
         dict[str, str]: paths by format ("json", "csv", "md").
+
+    Raises:
+        EmptySummaryError: when no trial of ``summary`` finished (nothing is written, an
+            earlier summary in ``out_dir`` stays as it was).
     """
     paths = {ext: os.path.join(out_dir, f"summary.{ext}") for ext in ("json", "csv", "md")}
+    if not summary.get("num_finished"):
+        raise EmptySummaryError(
+            f"no trial finished, so {paths['json']} (.csv, .md) was not written; a summary of an "
+            "earlier run stays as it was. Fix the failures logged above and rerun to resume."
+        )
     texts = {
         "json": json.dumps(summary, indent=2, sort_keys=True) + "\n",
         "csv": format_csv(summary),

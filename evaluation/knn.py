@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 from detectron2.utils.logger import setup_logger
 
+from common.cli import above, at_least
 from convert import LoadReport, load_resnet50, torchvision_backbone_names
 from pretrain.builder import build_encoder_factory
 from pretrain.checkpoint import ForeignCheckpointError, load_moco
@@ -78,12 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--random-init", action="store_true", help="evaluate a random-init encoder")
     p.add_argument("--data", required=True, help="root holding train/<class>/ and val/<class>/")
     p.add_argument("--arch", default="resnet50", help="with --random-init: torchvision ResNet")
-    p.add_argument("--width-per-group", type=int, default=0, help="with --random-init (16=thin)")
-    p.add_argument("--size", type=int, default=224, help="center-crop size; use the train size")
-    p.add_argument("--k", type=int, default=20, help="neighbours (20 as in InstDisc)")
-    p.add_argument("--t", type=float, default=0.07, help="temperature of neighbour weights")
-    p.add_argument("--batch-size", type=int, default=256, help="lower it if memory runs out")
-    p.add_argument("--workers", type=int, default=4, help="data loader processes")
+    p.add_argument(
+        "--width-per-group", type=at_least(0), default=0, help="with --random-init (16=thin)"
+    )
+    p.add_argument(
+        "--size", type=at_least(1), default=224, help="center-crop size; use the train size"
+    )
+    p.add_argument("--k", type=at_least(1), default=20, help="neighbours (20 as in InstDisc)")
+    p.add_argument("--t", type=above(0.0), default=0.07, help="temperature of neighbour weights")
+    p.add_argument(
+        "--batch-size", type=at_least(1), default=256, help="lower it if memory runs out"
+    )
+    p.add_argument("--workers", type=at_least(0), default=4, help="data loader processes")
     p.add_argument("--device", default="", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random-init encoder")
     return p

@@ -106,6 +106,21 @@ def test_ap50_claim_needs_a_paired_difference_beyond_noise():
     assert p["seeds"] == [0, 2000]
 
 
+def test_no_report_from_an_init_without_finished_trials(tmp_path):
+    from demo.pipeline import write_report
+    from detection.summary import EmptySummaryError
+
+    (tmp_path / "report.md").write_text("an earlier report")
+    nothing = _summary([50, 51, 48])
+    for trial in nothing["trials"]:
+        trial["status"] = "failed"
+    knn = {"moco": 30.0, "random_init": 15.0, "chance": 12.5}
+    with pytest.raises(EmptySummaryError, match=r"no finished detection trial for \['moco'\]"):
+        write_report(str(tmp_path), knn, {"moco": nothing, "random_init": _summary([50, 51, 48])})
+    assert (tmp_path / "report.md").read_text() == "an earlier report"
+    assert sorted(os.listdir(tmp_path)) == ["report.md"]
+
+
 def test_gpu_preset_configs_build_and_fit_the_budget(tmp_path):
     """The GPU preset cannot run here: build its two configs the way the pipeline does and
     check what it relies on."""
