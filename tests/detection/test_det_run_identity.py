@@ -14,7 +14,15 @@ from detection.trials import TrialLock
 
 def _args(voc_root, out, *opts, resume=True):
     flags = ["--config-file", TINY_CONFIG] + (["--resume"] if resume else [])
-    opts = ["TRANSFER.VOC_LIKE_ROOT", str(voc_root), "OUTPUT_DIR", str(out), *opts]
+    opts = [
+        "TRANSFER.VOC_LIKE_ROOT",
+        str(voc_root),
+        "OUTPUT_DIR",
+        str(out),
+        "TRANSFER.INIT",
+        "random",
+        *opts,
+    ]
     return default_argument_parser().parse_args(flags + opts)
 
 
