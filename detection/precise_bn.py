@@ -77,7 +77,11 @@ def _pool(layers, counts, before):
     for bn, n in zip(layers, counts):
         mean = bn.running_mean.double()
         square = bn.running_var.double() + mean * mean
-        parts += [torch.tensor([float(n)], dtype=torch.float64, device=device), n * mean, n * square]
+        parts += [
+            torch.tensor([float(n)], dtype=torch.float64, device=device),
+            n * mean,
+            n * square,
+        ]
     flat = torch.cat(parts)
     if world > 1:
         dist.all_reduce(flat)  # sums over processes; every rank receives the same sums
@@ -85,7 +89,10 @@ def _pool(layers, counts, before):
     for bn, (old_mean, old_var) in zip(layers, before):
         c = bn.running_mean.numel()
         total = float(flat[offset])
-        sum_mean, sum_square = flat[offset + 1 : offset + 1 + c], flat[offset + 1 + c : offset + 1 + 2 * c]
+        sum_mean, sum_square = (
+            flat[offset + 1 : offset + 1 + c],
+            flat[offset + 1 + c : offset + 1 + 2 * c],
+        )
         offset += 1 + 2 * c
         if total == 0:  # unused everywhere: keep what it had instead of fvcore's zeros
             bn.running_mean.copy_(old_mean)

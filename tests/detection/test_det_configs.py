@@ -154,6 +154,25 @@ def test_one_process_uses_plain_bn_and_no_amp_on_cpu():
     assert resolve_single_process(cfg, world_size=2) == [] and cfg.TRANSFER.EXTRA_NORM == "SyncBN"
 
 
+def test_several_cpu_processes_replace_torch_sync_bn():
+    # torch's SyncBatchNorm raises on CPU tensors: several CPU processes use detectron2's
+    # all-reduce BN instead; the recipe's naiveSyncBN and CUDA runs are left alone
+    opts = ("MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "SyncBN")
+    opts += ("TRANSFER.EXTRA_NORM", "nnSyncBN")
+    cfg = load_cfg(VOC_MOCO, *opts)
+    notes = resolve_single_process(cfg, world_size=2)
+    assert (cfg.MODEL.RESNETS.NORM, cfg.TRANSFER.EXTRA_NORM) == ("naiveSyncBN_N",) * 2
+    assert [n.split(" (")[0] for n in notes] == [
+        "MODEL.RESNETS.NORM SyncBN -> naiveSyncBN_N",
+        "TRANSFER.EXTRA_NORM nnSyncBN -> naiveSyncBN_N",
+    ]
+    cfg = load_cfg(VOC_MOCO, "MODEL.DEVICE", "cpu")
+    assert resolve_single_process(cfg, world_size=2) == []
+    assert cfg.MODEL.RESNETS.NORM == "naiveSyncBN"
+    cfg = load_cfg(VOC_MOCO, *opts[2:])  # MODEL.DEVICE cuda
+    assert resolve_single_process(cfg, world_size=2) == [] and cfg.MODEL.RESNETS.NORM == "SyncBN"
+
+
 @pytest.mark.parametrize("name", ["SGD", "AdamW", "Adam"])
 def test_transfer_optimizer_choice(name):
     import torch
