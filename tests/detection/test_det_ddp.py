@@ -71,9 +71,8 @@ def _precise_bn_worker(out_dir):
         pickle.dump({"fvcore": stats(fvcore_only), "pooled": stats(pooled)}, f)
 
 
-def test_precise_bn_is_pooled_over_processes(tmp_path):
-    launch(run_then_close, 2, dist_url=free_url(), args=(_precise_bn_worker, str(tmp_path)))
-    r = [pickle.load(open(tmp_path / f"rank{i}.pkl", "rb")) for i in range(2)]
+def test_precise_bn_is_pooled_over_processes(two_process_run):
+    r = [pickle.load(open(two_process_run / f"rank{i}.pkl", "rb")) for i in range(2)]
     # fvcore alone: each rank weights the batches by its own sample counts -> ranks disagree
     # (detectron2 issue 5398). If this starts failing, fvcore exchanges the counts itself.
     for layer in ("bn", "sync"):
@@ -107,9 +106,11 @@ def test_precise_bn_in_one_process_is_fvcores_own():
     assert torch.equal(b["idle"][1], torch.ones(3)) and torch.equal(a["idle"][1], torch.zeros(3))
 
 
-def _train_worker(argv, out_dir):
-    """``detection.train_net.run`` in one spawned rank, saving this rank's final model (what it
-    evaluated) to ``<out_dir>/rank<r>.pth``; the patch lives in this worker process only."""
+def _worker(argv, out_dir):
+    """One spawned rank: the precise-BN check on toy layers (``rank<r>.pkl``), then
+    ``detection.train_net.run``, saving this rank's final model (what it evaluated) to
+    ``<out_dir>/rank<r>.pth``; the patch lives in this worker process only."""
+    _precise_bn_worker(out_dir)
     train = train_net.Trainer.train
 
     def train_and_save(self):
@@ -124,11 +125,12 @@ def _train_worker(argv, out_dir):
 
 @pytest.fixture(scope="module")
 def two_process_run(tiny_voc_root, tmp_path_factory):
-    """Train the tiny config for 3 iterations on 2 CPU processes; returns the output folder."""
+    """Two CPU processes: the toy precise-BN check, then the tiny config trained for 3
+    iterations (sharing the process start-up, the slow part); returns the output folder."""
     out = tmp_path_factory.mktemp("ddp")
     argv = ["--config-file", TINY_CONFIG, "--num-gpus", "2", "OUTPUT_DIR", str(out),
             "TRANSFER.VOC_LIKE_ROOT", str(tiny_voc_root), *TRAIN_OPTS]  # fmt: skip
-    launch(run_then_close, 2, dist_url=free_url(), args=(_train_worker, argv, str(out)))
+    launch(run_then_close, 2, dist_url=free_url(), args=(_worker, argv, str(out)))
     return out
 
 
