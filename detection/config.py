@@ -55,6 +55,14 @@ def add_moco_detection_config(cfg):
     # Class names of the VOC_LIKE_ROOT set, in label order; the default is the generated
     # synthetic set's.
     _C.TRANSFER.VOC_LIKE_CLASSES = list(SYNTHETIC_DET_CLASSES)
+    # Root of a COCO-format instance set: annotations/instances_train.json and
+    # annotations/instances_val.json with the images in train/ and val/ (what `moco-synth coco`
+    # writes). When set, `train_net` registers <COCO_LIKE_PREFIX>_train and
+    # <COCO_LIKE_PREFIX>_val from it (detectron2's register_coco_instances, evaluated by
+    # COCOEvaluator). Empty: nothing is registered.
+    _C.TRANSFER.COCO_LIKE_ROOT = ""
+    # Prefix of the data set names registered from COCO_LIKE_ROOT.
+    _C.TRANSFER.COCO_LIKE_PREFIX = "synth_coco"
     # Root of the real PASCAL VOC (holding VOC2007/ and VOC2012/). Empty: detectron2's own
     # registration under $DETECTRON2_DATASETS (default "datasets") is used as it is.
     _C.TRANSFER.VOC_ROOT = ""

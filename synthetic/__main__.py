@@ -1,4 +1,4 @@
-"""Command line: ``moco-synth {cls,voc} ROOT [options]`` (also ``python -m synthetic``)."""
+"""Command line: ``moco-synth {cls,voc,coco} ROOT [options]`` (also ``python -m synthetic``)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import json
 import time
 
 from .classification import CLS_CLASSES, make_classification
+from .coco import make_coco
 from .voc import make_voc
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser for both generators (sub-commands ``cls`` and ``voc``)."""
+    """The argument parser of the generators (sub-commands ``cls``, ``voc`` and ``coco``)."""
     parser = argparse.ArgumentParser(prog="moco-synth", description=__doc__)
     sub = parser.add_subparsers(dest="kind", required=True)
     cls = sub.add_parser("cls", help="ImageFolder classification set (root/train, root/val)")
@@ -36,6 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     voc.add_argument("--min-side", type=int, default=128)
     voc.add_argument("--max-side", type=int, default=192)
     voc.add_argument("--max-objects", type=int, default=4)
+    coco = sub.add_parser(
+        "coco", help="COCO-format set with boxes and polygon masks (annotations/, train/, val/)"
+    )
+    coco.add_argument("root")
+    coco.add_argument("--seed", type=int, default=0)
+    coco.add_argument("--train-images", type=int, default=60)
+    coco.add_argument("--val-images", type=int, default=30)
+    coco.add_argument("--min-side", type=int, default=128)
+    coco.add_argument("--max-side", type=int, default=192)
+    coco.add_argument("--max-objects", type=int, default=4)
     return parser
 
 
@@ -52,6 +63,16 @@ def main(argv=None) -> dict:
             val_per_class=args.val_per_class,
             image_size=args.image_size,
             clutter=args.clutter,
+        )
+    elif args.kind == "coco":
+        summary = make_coco(
+            args.root,
+            seed=args.seed,
+            train_images=args.train_images,
+            val_images=args.val_images,
+            min_side=args.min_side,
+            max_side=args.max_side,
+            max_objects=args.max_objects,
         )
     else:
         summary = make_voc(
