@@ -9,7 +9,7 @@ Layout written by :func:`make_coco` (as detectron2's ``register_coco_instances``
 
 Images are rendered by :func:`synthetic.voc.render_detection_image` (same shapes, textures
 and clutter). Each object's mask is its visible pixels, written as COCO polygons (the outer
-outline of each visible part, through the pixel centres): like COCO's own polygons they cannot
+outline of each visible part, see :func:`mask_polygons`): like COCO's own polygons they cannot
 hold holes, so a ring's mask includes its hole. Boxes are COCO ``[x, y, width, height]`` of
 the visible pixels; ``area`` is the area of the polygons' mask (as COCO's); no crowd regions.
 """
@@ -38,22 +38,21 @@ def annotation_path(root: str, split: str) -> str:
 def mask_polygons(mask: np.ndarray) -> list:
     """Outer outlines of the parts of a binary mask as COCO polygons.
 
+    The outlines are traced on the mask upsampled 2x (nearest) and halved, so they run along
+    pixel edges rather than through the boundary pixels' centres: pycocotools rasterises them
+    back to exactly the mask's pixels (holes filled); through the centres it lost about a
+    tenth of the pixels of a small object.
+
     Args:
         mask: HxW bool or 0/1 array.
 
     Returns:
-        list of ``[x1, y1, x2, y2, ...]`` float lists (pixel centres, at least 3 points each);
-        parts too thin to enclose an area (a line of pixels) are left out.
+        list of ``[x1, y1, x2, y2, ...]`` float lists, one per connected part (at least 3
+        points each).
     """
-    contours, _ = cv2.findContours(
-        mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-    )
-    polygons = []
-    for contour in contours:
-        points = contour.reshape(-1, 2).astype(np.float64) + 0.5
-        if len(points) >= 3 and cv2.contourArea(contour) > 0:
-            polygons.append([round(float(v), 2) for v in points.reshape(-1)])
-    return polygons
+    up = np.kron(mask.astype(np.uint8), np.ones((2, 2), np.uint8))
+    contours, _ = cv2.findContours(up, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [(c.reshape(-1) / 2.0).tolist() for c in contours if len(c) >= 3]
 
 
 def make_coco(
