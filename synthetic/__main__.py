@@ -12,10 +12,12 @@ from .voc import make_voc
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the generators (sub-commands ``cls``, ``voc`` and ``coco``)."""
+    """The argument parser of the generators (sub-commands ``cls``, ``voc`` and ``coco``); each
+    option is the generator's keyword argument of the same name."""
     parser = argparse.ArgumentParser(prog="moco-synth", description=__doc__)
     sub = parser.add_subparsers(dest="kind", required=True)
     cls = sub.add_parser("cls", help="ImageFolder classification set (root/train, root/val)")
+    cls.set_defaults(make=make_classification)
     cls.add_argument("root")
     cls.add_argument("--seed", type=int, default=0)
     cls.add_argument("--num-classes", type=int, default=len(CLS_CLASSES))
@@ -29,64 +31,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cls.add_argument("--clutter", type=int, default=4, help="background distractors per image")
     voc = sub.add_parser("voc", help="PASCAL-VOC-format detection set (VOC2007, VOC2012)")
+    voc.set_defaults(make=make_voc)
     voc.add_argument("root")
     voc.add_argument("--seed", type=int, default=0)
     voc.add_argument("--years", nargs="+", default=["2007", "2012"])
     voc.add_argument("--trainval-images", type=int, default=60, help="per year")
     voc.add_argument("--test-images", type=int, default=30, help="VOC2007 test only")
-    voc.add_argument("--min-side", type=int, default=128)
-    voc.add_argument("--max-side", type=int, default=192)
-    voc.add_argument("--max-objects", type=int, default=4)
+    _add_image_args(voc)
     coco = sub.add_parser(
         "coco", help="COCO-format set with boxes and polygon masks (annotations/, train/, val/)"
     )
+    coco.set_defaults(make=make_coco)
     coco.add_argument("root")
     coco.add_argument("--seed", type=int, default=0)
     coco.add_argument("--train-images", type=int, default=60)
     coco.add_argument("--val-images", type=int, default=30)
-    coco.add_argument("--min-side", type=int, default=128)
-    coco.add_argument("--max-side", type=int, default=192)
-    coco.add_argument("--max-objects", type=int, default=4)
+    _add_image_args(coco)
     return parser
+
+
+def _add_image_args(parser):
+    """Image size and object count options shared by the detection sets."""
+    parser.add_argument("--min-side", type=int, default=128)
+    parser.add_argument("--max-side", type=int, default=192)
+    parser.add_argument("--max-objects", type=int, default=4)
 
 
 def main(argv=None) -> dict:
     """Parse ``argv`` (default: sys.argv), generate the data set, print and return its summary."""
-    args = build_parser().parse_args(argv)
+    kwargs = vars(build_parser().parse_args(argv))
+    make, root = kwargs.pop("make"), kwargs.pop("root")
+    del kwargs["kind"]
     start = time.perf_counter()
-    if args.kind == "cls":
-        summary = make_classification(
-            args.root,
-            seed=args.seed,
-            num_classes=args.num_classes,
-            train_per_class=args.train_per_class,
-            val_per_class=args.val_per_class,
-            image_size=args.image_size,
-            clutter=args.clutter,
-        )
-    elif args.kind == "coco":
-        summary = make_coco(
-            args.root,
-            seed=args.seed,
-            train_images=args.train_images,
-            val_images=args.val_images,
-            min_side=args.min_side,
-            max_side=args.max_side,
-            max_objects=args.max_objects,
-        )
-    else:
-        summary = make_voc(
-            args.root,
-            seed=args.seed,
-            years=tuple(args.years),
-            trainval_images=args.trainval_images,
-            test_images=args.test_images,
-            min_side=args.min_side,
-            max_side=args.max_side,
-            max_objects=args.max_objects,
-        )
+    summary = make(root, **kwargs)
     print(json.dumps(summary, indent=2, sort_keys=True))
-    print(f"wrote {args.root} in {time.perf_counter() - start:.1f} s")
+    print(f"wrote {root} in {time.perf_counter() - start:.1f} s")
     return summary
 
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from det_helpers import CONFIG_DIR, REPO, load_cfg
+from det_helpers import CONFIG_DIR, REPO, flatten, load_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_argument_parser
 from detectron2.structures import Boxes, BoxMode, Instances, PolygonMasks
@@ -113,16 +113,6 @@ def test_evaluator_scores_the_ground_truth_as_perfect(coco_root, tmp_path):
     results = evaluator.evaluate()
     for task in ("bbox", "segm"):
         assert results[task]["AP"] == pytest.approx(100.0), task
-
-
-def flatten(cfg, prefix=""):
-    out = {}
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def changed(a, b):

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import yaml
-from det_helpers import CONFIG_DIR, TINY_CONFIG, load_cfg
+from det_helpers import CONFIG_DIR, TINY_CONFIG, flatten, load_cfg
 
 import synthetic
 from detection.config import SYNTHETIC_DET_CLASSES, resolve_single_process
@@ -46,16 +46,6 @@ def get(cfg, dotted):
     for key in dotted.split("."):
         cfg = cfg[key]
     return cfg
-
-
-def flatten(cfg, prefix=""):
-    out = {}
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def test_there_are_configs():
