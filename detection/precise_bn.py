@@ -13,7 +13,8 @@ Either way the checkpoint holds rank 0's statistics while every rank evaluates i
 test set with its own. :class:`PooledPreciseBN` keeps detectron2's hook (its period, its data
 loader, fvcore's estimator) and afterwards pools the per-process estimates, weighted by their
 sample counts, with one all-reduce: every rank then holds the population statistics of all the
-batches of all the processes. At one process nothing changes.
+batches of all the processes. At one process fvcore's estimate is kept as it is (except for a
+layer no batch reached, which keeps its statistics instead of fvcore's zeros).
 """
 
 import contextlib
@@ -116,7 +117,6 @@ class PooledPreciseBN(hooks.PreciseBN):
         pooled.__dict__.update(hook.__dict__)
         return pooled
 
-    @torch.no_grad()
     def update_stats(self):
         """Re-estimate the BN statistics (fvcore), then pool them over processes."""
         if self._disabled:
