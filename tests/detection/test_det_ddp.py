@@ -71,6 +71,7 @@ def _precise_bn_worker(out_dir):
         pickle.dump({"fvcore": stats(fvcore_only), "pooled": stats(pooled)}, f)
 
 
+@pytest.mark.slow
 def test_precise_bn_is_pooled_over_processes(two_process_run):
     r = [pickle.load(open(two_process_run / f"rank{i}.pkl", "rb")) for i in range(2)]
     # fvcore alone: each rank weights the batches by its own sample counts -> ranks disagree
@@ -126,7 +127,8 @@ def _worker(argv, out_dir):
 @pytest.fixture(scope="module")
 def two_process_run(tiny_voc_root, tmp_path_factory):
     """Two CPU processes: the toy precise-BN check, then the tiny config trained for 3
-    iterations (sharing the process start-up, the slow part); returns the output folder."""
+    iterations (sharing the process start-up, the slow part: 30-50 s on 2 shared cores, so
+    the tests using it are marked slow); returns the output folder."""
     out = tmp_path_factory.mktemp("ddp")
     argv = ["--config-file", TINY_CONFIG, "--num-gpus", "2", "OUTPUT_DIR", str(out),
             "TRANSFER.VOC_LIKE_ROOT", str(tiny_voc_root), *TRAIN_OPTS]  # fmt: skip
@@ -134,6 +136,7 @@ def two_process_run(tiny_voc_root, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_ranks_end_with_equal_weights(two_process_run):
     r0, r1 = (torch.load(two_process_run / f"rank{i}.pth") for i in range(2))
     assert r0.keys() == r1.keys()
@@ -148,6 +151,7 @@ def test_ranks_end_with_equal_weights(two_process_run):
     assert last["iteration"] == 2 and last["lr"] > 0  # three SGD steps were taken
 
 
+@pytest.mark.slow
 def test_bn_statistics_are_defined_equal_on_ranks_and_checkpointed(two_process_run):
     r0, r1 = (torch.load(two_process_run / f"rank{i}.pth") for i in range(2))
     saved = torch.load(two_process_run / "model_final.pth")["model"]
@@ -164,6 +168,7 @@ def test_bn_statistics_are_defined_equal_on_ranks_and_checkpointed(two_process_r
     assert "Precise BN statistics pooled over 2 processes" in log
 
 
+@pytest.mark.slow
 def test_two_process_evaluation_equals_one_process(two_process_run, tiny_voc_root, one_thread):
     final = json.loads((two_process_run / "final_metrics.json").read_text())["results"]
     args = default_argument_parser().parse_args(
