@@ -18,6 +18,7 @@ logger = logging.getLogger("detection.config")
 COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
 SGD_IMPLS = ("foreach", "fused", "for-loop")
 TF32_MODES = ("", "on", "off")
+INIT_MODES = ("weights", "random")
 AMP_DTYPES = ("float16", "bfloat16")
 # Class names of the generated synthetic VOC-format set, in label order (equal to
 # synthetic.DET_CLASSES; synthetic builds on detection, not the other way round).
@@ -39,6 +40,11 @@ def add_moco_detection_config(cfg):
     """
     _C = cfg
     _C.TRANSFER = CN()
+    # Where the backbone of a new training run comes from: "weights" (MODEL.WEIGHTS, a
+    # converted backbone .pkl or a detector checkpoint; every backbone tensor must load, else
+    # the run stops before iteration 0) or "random" (the random-init baseline; MODEL.WEIGHTS
+    # must then be empty). Resuming and --eval-only load whole detector checkpoints instead.
+    _C.TRANSFER.INIT = "weights"
     # Index of this fine-tune among the trials of one experiment (-1: not run as a trial).
     # Written by `moco-trials` together with SEED so every output folder records both.
     _C.TRANSFER.TRIAL = -1

@@ -121,10 +121,11 @@ def _fmt(value, signed=False):
     return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
-def format_markdown(summary):
+def format_markdown(summary, figure=None):
     """Render a summary from :func:`aggregate` as a markdown table (one row per trial, then
     mean ± std, the reference and the difference; box AP, then mask AP when the trials hold
-    it). Returns the text."""
+    it), followed by ``figure`` (a PNG path relative to the markdown file) as an image when
+    given. Returns the text."""
     metrics = summary_metrics(summary["trials"])
     header = [m.replace("mask_", "mask ") for m in metrics]
     lines = ["| trial | seed | status | " + " | ".join(header) + " |"]
@@ -147,7 +148,10 @@ def format_markdown(summary):
         notes.append(f"Reference: {ref['source']}.")
     if summary["failed"]:
         notes.append(f"Failed trials (not in the mean): {summary['failed']}.")
-    return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
+    text = "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
+    if figure:
+        text += f"\n![AP50, AP and AP75 of each trial]({figure})\n"
+    return text
 
 
 def format_csv(summary):
@@ -170,8 +174,9 @@ def format_csv(summary):
     return out.getvalue()
 
 
-def write_summary(out_dir, summary):
-    """Write ``summary.json``, ``summary.csv`` and ``summary.md`` into ``out_dir``.
+def write_summary(out_dir, summary, figure=None):
+    """Write ``summary.json``, ``summary.csv`` and ``summary.md`` into ``out_dir``; summary.md
+    shows ``figure`` (a PNG path, e.g. from ``detection.plots.plot_trials``) when given.
 
     Returns:
         dict[str, str]: paths by format ("json", "csv", "md").
@@ -180,7 +185,7 @@ def write_summary(out_dir, summary):
     texts = {
         "json": json.dumps(summary, indent=2, sort_keys=True) + "\n",
         "csv": format_csv(summary),
-        "md": format_markdown(summary),
+        "md": format_markdown(summary, figure and os.path.relpath(figure, out_dir)),
     }
     for ext, path in paths.items():
         atomic_write(path, lambda f, text=texts[ext]: f.write(text), text=True)

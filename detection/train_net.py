@@ -4,6 +4,11 @@ r"""Train (or evaluate) one detector of the MoCo detection-transfer recipe.
         --num-gpus 8 MODEL.WEIGHTS output/moco_v2_200ep.pkl
     python -m detection.train_net --config-file ... --resume        # continue from last_checkpoint
     python -m detection.train_net --config-file ... --eval-only MODEL.WEIGHTS model_final.pth
+    python -m detection.train_net --config-file ... MODEL.WEIGHTS "" TRANSFER.INIT random
+
+Every load is checked (detection/weights.py): the log says how many backbone (or, resuming and
+evaluating, detector) tensors loaded, and a file that does not fill them stops the run before
+iteration 0 with what the file looks like and the fix.
 
 The main process writes ``<OUTPUT_DIR>/final_metrics.json`` (evaluation results, seed, trial)
 once training and the final evaluation are done; ``detection.trials`` treats that file as the
@@ -46,6 +51,7 @@ from .datasets import check_datasets, register_from_config
 from .launchers import watch_runner
 from .precise_bn import PooledPreciseBN
 from .summary import FINAL_METRICS
+from .weights import CheckedCheckpointer, check_init
 
 logger = logging.getLogger("detection.train_net")  # not __name__: "__main__" under -m
 
@@ -205,6 +211,18 @@ class Trainer(DefaultTrainer):
         )
         return maybe_add_gradient_clipping(cfg, optimizer)
 
+    def resume_or_load(self, resume=True):
+        """DefaultTrainer's resume-or-load through :class:`detection.weights.CheckedCheckpointer`:
+        logs how many tensors loaded and stops before iteration 0 when the backbone (a new
+        run) or the detector (resuming ``last_checkpoint``) did not load completely."""
+        saver = self.checkpointer
+        checked = CheckedCheckpointer(
+            saver.model, saver.save_dir, cfg=self.cfg, **saver.checkpointables
+        )
+        checked.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if checked.resuming:
+            self.start_iter = self.iter + 1  # the checkpoint holds the iteration that finished
+
     def train(self):
         """Train, then return the results of the final evaluation ({} without test sets).
 
@@ -230,6 +248,8 @@ def setup(args):
         torch.set_num_threads(cfg.TRANSFER.CPU_THREADS)
     register_from_config(cfg)
     check_datasets(cfg)  # every VOC split of DATASETS.TRAIN/TEST, before iteration 0
+    resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    check_init(cfg, args.eval_only, resuming)  # MODEL.WEIGHTS / TRANSFER.INIT, before the model
     return cfg
 
 
@@ -256,14 +276,11 @@ def run(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        checkpointer = CheckedCheckpointer(model, cfg.OUTPUT_DIR, cfg=cfg, eval_only=True)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    if trainer.start_iter == 0 and not cfg.MODEL.WEIGHTS:
-        logger.warning("MODEL.WEIGHTS is empty: the detector starts from random initialisation")
     results = trainer.train()
     write_final_metrics(cfg, results)
     return results

@@ -48,6 +48,8 @@ from common.io import atomic_write_json
 
 from .config import load_cfg
 from .launchers import LocalLauncher, SlurmLauncher, pid_alive
+from .plots import plot_trials
+from .progress import StatusDisplay, TrialFiles
 from .summary import (
     FINAL_METRICS,
     METRICS,
@@ -470,7 +472,8 @@ def _run_locked(
             pending.append(t)
     if corrupt:
         raise CorruptMetricsError("not starting anything:\n  " + "\n  ".join(corrupt))
-    free, running, last_log, last_beat = list(range(len(slots))), {}, 0.0, time.time()
+    free, running, last_beat = list(range(len(slots))), {}, time.time()
+    display = StatusDisplay(trials, trial_files, len(slots), max_iter, retries + 1, log_period)
     try:
         while pending or running:
             while pending and free:
@@ -530,29 +533,37 @@ def _run_locked(
                 last_beat = time.time()
                 for lock in locks.values():
                     lock.heartbeat()
-            if running and time.time() - last_log >= log_period:
-                last_log = time.time()
-                for t, _, started in running.values():
-                    logger.info("%s", _progress_line(t, started, max_iter))
+            display.update({t["trial"]: started for t, _, started in running.values()})
             time.sleep(poll_interval if running else 0)
     except KeyboardInterrupt:
         logger.warning("Interrupted: stopping %d running trial(s); rerun to resume", len(running))
         for _, handle, _ in running.values():
             launcher.stop(handle)
         raise
+    finally:
+        display.close()
     return trials
 
 
-def _progress_line(t, started, max_iter):
-    head = f"trial {t['trial']} (seed {t['seed']}):"
-    elapsed = datetime.timedelta(seconds=int(time.time() - started))
-    progress = read_progress(t["output_dir"])
-    if progress is None:
-        return f"{head} running, no metrics.json line yet, {elapsed} elapsed"
-    it, eta = progress
-    total = f"/{max_iter} ({100.0 * (it + 1) / max_iter:.0f}%)" if max_iter else ""
-    eta = f", eta {datetime.timedelta(seconds=int(eta))}" if eta is not None else ""
-    return f"{head} iter {it + 1}{total}{eta}, {elapsed} elapsed"
+def trial_files(output_dir):
+    """What a trial's files say, for the status display (:class:`detection.progress.TrialFiles`):
+    iterations done and detectron2's ETA (last ``metrics.json`` line), ``last_checkpoint``, and
+    the final evaluation's duration, from ``last_checkpoint`` (written with the final
+    checkpoint, right before the evaluation) to ``final_metrics.json``."""
+    progress = read_progress(output_dir)
+    try:
+        eval_s = os.path.getmtime(os.path.join(output_dir, FINAL_METRICS)) - os.path.getmtime(
+            os.path.join(output_dir, "last_checkpoint")
+        )
+    except OSError:
+        eval_s = None
+    return TrialFiles(
+        iteration=progress[0] + 1 if progress else None,
+        eta_s=progress[1] if progress else None,
+        checkpoint=last_checkpoint(output_dir),
+        eval_s=eval_s if eval_s is None or eval_s >= 0 else None,
+        log=os.path.join(output_dir, "train_net.out"),
+    )
 
 
 def visible_gpus():
@@ -598,7 +609,13 @@ def build_parser():
         help=f"published result to compare with, one of {sorted(REFERENCES)} or "
         "'none'; default: the config's TRANSFER.REFERENCE",
     )
-    p.add_argument("--log-period", type=float, default=60.0, help="seconds between progress lines")
+    p.add_argument(
+        "--log-period",
+        type=float,
+        default=60.0,
+        help="seconds between the status lines when stdout is not a terminal (a terminal "
+        "shows them in place, redrawn every second)",
+    )
     p.add_argument(
         "--force-unlock",
         action="store_true",
@@ -700,7 +717,9 @@ def main(argv=None):
             signal.signal(signal.SIGTERM, previous)
     summary = aggregate(trials, reference)
     summary.update(config_file=config_file, overrides=opts)
-    paths = write_summary(out_dir, summary)
+    paths = write_summary(
+        out_dir, summary, plot_trials(summary, os.path.join(out_dir, "trials.png"))
+    )
     logger.info("Summary (%s):\n%s", paths["md"], format_markdown(summary))
     return 1 if summary["failed"] else 0
 

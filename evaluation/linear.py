@@ -9,7 +9,7 @@ top-1/top-5. After training, every backbone tensor is compared with the pretrain
     moco-lincls --checkpoint last.pth --data synth --crop-size 64 --cached-features   # fast
     moco-lincls --checkpoint last.pth --data synth --output-dir out --evaluate
 
-Any checkpoint :func:`convert.load_backbone` reads works: this project's pretraining files, the
+Any checkpoint :func:`convert.load_resnet50` reads works: this project's pretraining files, the
 reference MoCo release and torchvision weights. ``--cached-features`` extracts features once
 (cached, see :mod:`evaluation.features`) and trains the head on them without augmentation.
 """
@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from common.io import atomic_write
 from common.launch import add_launch_args, launch_from_args
-from convert import FORMATS, check_resnet50, load_backbone
+from convert import FORMATS, load_resnet50
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from pretrain.distributed import select_device
 from pretrain.knn import backbone_features
@@ -104,25 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
 def load_backbone_model(args) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """The frozen torchvision ResNet-50 and a CPU copy of its weights for the sanity check.
 
-    Reads any supported checkpoint through :func:`convert.load_backbone` (format detection
-    lives there only); the torchvision network is built at the detected width.
+    Reads any supported checkpoint through :func:`convert.load_resnet50` (format detection
+    lives in convert only): the torchvision network is built at the detected width and every
+    backbone tensor must load (the log says how many did).
     """
     if args.random_init:
         torch.manual_seed(args.seed)
         net = torchvision.models.resnet50(width_per_group=args.width_per_group)
-        sd = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+        logger.info("--random-init: loaded 0 backbone tensors (the random-init baseline)")
     else:
-        sd, ext = load_backbone(args.checkpoint, fmt=args.format, prefix=args.prefix)
-        shape = check_resnet50(sd)
-        if (shape.stem_out_channels, shape.res2_out_channels) != (64, 256):
-            raise ValueError(f"{args.checkpoint}: {shape.describe()}; torchvision cannot build it")
-        net = torchvision.models.resnet50(
-            width_per_group=shape.width_per_group, groups=shape.num_groups
-        )
-        missing, unexpected = net.load_state_dict(sd, strict=False)
-        if unexpected or any(not k.startswith("fc.") for k in missing):
-            raise RuntimeError(f"{args.checkpoint}: missing {missing}, unexpected {unexpected}")
-        logger.info("Loaded %s (format %s, prefix '%s')", args.checkpoint, ext.fmt, ext.prefix)
+        net, ext, report = load_resnet50(args.checkpoint, fmt=args.format, prefix=args.prefix)
+        line = report.line(args.checkpoint)
+        logger.info("%s (format '%s', prefix '%s')", line, ext.fmt, ext.prefix)
     # A CPU copy taken now, so that the check at the end compares against the loaded weights.
     reference = {
         k: v.detach().clone()

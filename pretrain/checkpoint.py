@@ -38,6 +38,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: unreadable, not ours, unhealthy or mismatched."""
 
 
+class ForeignCheckpointError(CheckpointError):
+    """A readable file that is not a pretraining checkpoint of this project (e.g. a torchvision
+    or MoCo release file, which ``convert.load_backbone`` reads)."""
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel (or ``model`` itself)."""
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -159,7 +164,7 @@ def load_checkpoint(path: str) -> dict:
         ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(
+        raise ForeignCheckpointError(
             f"{path!r} is not a {FORMAT} checkpoint (format={fmt!r}); "
             "reference-release files must be converted or loaded with strict key mapping"
         )

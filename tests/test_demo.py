@@ -26,6 +26,7 @@ def test_demo_smoke_end_to_end_and_rerun(tmp_path, capsys):
         "data/done.json",
         "pretrain/last.pth",
         "pretrain/metrics.json",
+        "pretrain/curves.png",
         "pretrain/moco_r50_c4.pkl",
         "knn.json",
         "detection/moco/summary.json",
@@ -54,6 +55,9 @@ def test_demo_smoke_end_to_end_and_rerun(tmp_path, capsys):
     text = (out / "report.md").read_text()
     assert "MoCo kNN > random-init kNN" in text and "AP50" in text
     assert "NOT CHECKED" in text and "| 0 |" in text  # the per-seed table
+    # the figures, linked relative to report.md (all checked to exist above)
+    for png in ("pretrain/curves.png", "comparison.png", "detection/moco/trials.png"):
+        assert f"]({png})" in text, png
 
     # A rerun finds every stage done: no new trial checkpoints, the same report.
     trial = next((out / "detection" / "moco").glob("trial_*"))

@@ -141,7 +141,7 @@ def test_the_tiny_coco_config_changes_only_sizes_schedule_and_data():
 
 RUN_OPTS = [
     "SOLVER.MAX_ITER", "2", "SOLVER.STEPS", "(1,)", "SOLVER.WARMUP_ITERS", "1",
-    "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.PRECISE_BN.NUM_ITER", "1",
+    "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.PRECISE_BN.NUM_ITER", "1", "TRANSFER.INIT", "random",
 ]  # fmt: skip
 
 

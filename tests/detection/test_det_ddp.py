@@ -26,7 +26,7 @@ from detection.precise_bn import PooledPreciseBN
 
 TRAIN_OPTS = [
     "SOLVER.MAX_ITER", "3", "SOLVER.STEPS", "(2,)", "SOLVER.WARMUP_ITERS", "1",
-    "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.PRECISE_BN.NUM_ITER", "2",
+    "SOLVER.CHECKPOINT_PERIOD", "100", "TEST.PRECISE_BN.NUM_ITER", "2", "TRANSFER.INIT", "random",
 ]  # fmt: skip
 
 
