@@ -88,6 +88,14 @@ def add_moco_detection_config(cfg):
     # Class names of the VOC_LIKE_ROOT set, in label order; the default is the generated
     # synthetic set's.
     _C.TRANSFER.VOC_LIKE_CLASSES = list(SYNTHETIC_DET_CLASSES)
+    # Root of a COCO-format instance set: annotations/instances_train.json and
+    # annotations/instances_val.json with the images in train/ and val/ (what `moco-synth coco`
+    # writes). When set, `train_net` registers <COCO_LIKE_PREFIX>_train and
+    # <COCO_LIKE_PREFIX>_val from it (detectron2's register_coco_instances, evaluated by
+    # COCOEvaluator). Empty: nothing is registered.
+    _C.TRANSFER.COCO_LIKE_ROOT = ""
+    # Prefix of the data set names registered from COCO_LIKE_ROOT.
+    _C.TRANSFER.COCO_LIKE_PREFIX = "synth_coco"
     # Root of the real PASCAL VOC (holding VOC2007/ and VOC2012/). Empty: detectron2's own
     # registration under $DETECTRON2_DATASETS (default "datasets") is used as it is.
     _C.TRANSFER.VOC_ROOT = ""
@@ -161,6 +169,8 @@ def resolve_single_process(cfg, world_size):
     With one process a synchronised BN has nothing to synchronise with: torch's SyncBatchNorm
     falls back to plain BN only while no process group exists and raises on CPU tensors once
     one does, so the config is switched to "BN" (``TRANSFER.SYNC_NORM_TO_BN_IN_ONE_PROCESS``).
+    With several CPU processes torch's SyncBatchNorm ("SyncBN", "nnSyncBN") is replaced by
+    detectron2's all-reduce BN ("naiveSyncBN_N"), which works over gloo.
     detectron2's AMPTrainer requires CUDA, so AMP is switched off on CPU.
 
     Args:
@@ -180,6 +190,20 @@ def resolve_single_process(cfg, world_size):
             if norm in SYNC_NORMS:
                 node[key] = "BN"
                 notes.append(f"{name} {norm} -> BN (one process: nothing to synchronise)")
+    if world_size > 1 and cfg.MODEL.DEVICE == "cpu":
+        # torch's SyncBatchNorm ("SyncBN", "nnSyncBN") raises on CPU tensors; detectron2's
+        # all-reduce BN runs over gloo. Its "N" mode weights each process by its image count
+        # (torch's by its pixel count: the same for equal image sizes) and allows empty inputs.
+        for node, key, name in (
+            (cfg.MODEL.RESNETS, "NORM", "MODEL.RESNETS.NORM"),
+            (cfg.TRANSFER, "EXTRA_NORM", "TRANSFER.EXTRA_NORM"),
+        ):
+            if node[key] in ("SyncBN", "nnSyncBN"):
+                notes.append(
+                    f"{name} {node[key]} -> naiveSyncBN_N (torch's SyncBatchNorm needs CUDA "
+                    "tensors; detectron2's all-reduce BN runs on CPU)"
+                )
+                node[key] = "naiveSyncBN_N"
     if cfg.SOLVER.AMP.ENABLED and cfg.MODEL.DEVICE == "cpu":
         cfg.SOLVER.AMP.ENABLED = False
         notes.append("SOLVER.AMP.ENABLED True -> False (detectron2's AMPTrainer needs CUDA)")

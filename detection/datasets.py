@@ -1,4 +1,5 @@
-"""Registration of PASCAL VOC and of VOC-format sets with their own class names.
+"""Registration of PASCAL VOC, of VOC-format sets with their own class names and of
+COCO-format sets (:func:`register_coco_like`).
 
 detectron2 registers ``voc_2007_trainval``, ``voc_2012_trainval`` and ``voc_2007_test`` under
 ``$DETECTRON2_DATASETS`` as soon as ``detectron2.data`` is imported. The functions here keep
@@ -15,6 +16,7 @@ import os
 import time
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES
 
 from .voc_check import (
@@ -137,14 +139,65 @@ def register_voc(root=None):
     ]
 
 
+# Splits of a COCO-format set under its root: annotations/instances_<split>.json, <split>/*.jpg
+COCO_SPLITS = ("train", "val")
+
+
+def coco_like_files(root, split):
+    """Return (annotation JSON, image folder) of one split of a COCO-format set under ``root``:
+    ``<root>/annotations/instances_<split>.json`` and ``<root>/<split>``."""
+    return os.path.join(root, "annotations", f"instances_{split}.json"), os.path.join(root, split)
+
+
+def register_coco_like(name_prefix, root):
+    """Register a COCO-format instance set (boxes, polygon masks) as ``<name_prefix>_train`` and
+    ``<name_prefix>_val`` with detectron2's ``register_coco_instances``.
+
+    An existing registration that points at the same files is kept; one that points elsewhere
+    is replaced (logged), so calling this twice is safe. Class names come from the JSON's
+    ``categories`` when a split is loaded.
+
+    Args:
+        name_prefix (str): e.g. "synth_coco".
+        root (str): the folder holding ``annotations/instances_{train,val}.json`` and the image
+            folders ``train/`` and ``val/`` (see :func:`coco_like_files`).
+
+    Returns:
+        list[str]: the registered names. Metadata: ``json_file``, ``image_root`` and
+        ``evaluator_type="coco"``.
+    """
+    root = os.path.abspath(os.path.expanduser(root))
+    names = []
+    for split in COCO_SPLITS:
+        name = f"{name_prefix}_{split}"
+        json_file, image_root = coco_like_files(root, split)
+        if name in DatasetCatalog.list():
+            meta = MetadataCatalog.get(name)
+            current = (meta.get("json_file", None), meta.get("image_root", None))
+            if current == (json_file, image_root):
+                names.append(name)
+                continue
+            logger.info("Re-registering data set %s: %s -> %s", name, current, json_file)
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_coco_instances(name, {}, json_file, image_root)
+        names.append(name)
+    return names
+
+
 def register_from_config(cfg):
-    """Register the data sets a config asks for through ``cfg.TRANSFER``.
+    """Register the data sets a config asks for through ``cfg.TRANSFER`` (``VOC_ROOT``,
+    ``VOC_LIKE_ROOT``, ``COCO_LIKE_ROOT``).
 
     Args:
         cfg (CfgNode): config with the ``TRANSFER`` node.
 
     Returns:
         list[str]: names registered or confirmed (empty when the config asks for nothing).
+
+    Raises:
+        FileNotFoundError: ``COCO_LIKE_ROOT`` lacks an annotation file or image folder (named,
+            with the fix).
     """
     names = []
     if cfg.TRANSFER.VOC_ROOT:
@@ -158,6 +211,21 @@ def register_from_config(cfg):
             )
         prefix, root = cfg.TRANSFER.VOC_LIKE_PREFIX, cfg.TRANSFER.VOC_LIKE_ROOT
         names += register_voc_like(prefix, root, classes)
+    if cfg.TRANSFER.COCO_LIKE_ROOT:
+        root = cfg.TRANSFER.COCO_LIKE_ROOT
+        missing = [
+            path
+            for split in COCO_SPLITS
+            for path in coco_like_files(os.path.abspath(os.path.expanduser(root)), split)
+            if not os.path.exists(path)
+        ]
+        if missing:
+            raise FileNotFoundError(
+                f"TRANSFER.COCO_LIKE_ROOT={root!r} lacks {missing}. Set it to a folder holding "
+                "annotations/instances_{train,val}.json and the image folders train/ and val/, "
+                f"or generate a synthetic set there: python -m synthetic coco {root}"
+            )
+        names += register_coco_like(cfg.TRANSFER.COCO_LIKE_PREFIX, root)
     return names
 
 

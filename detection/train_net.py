@@ -19,12 +19,23 @@ writes to an OUTPUT_DIR at a time (``OUTPUT_DIR/run.lock``).
 
 import logging
 import os
+import weakref
 
 import detectron2.utils.comm as comm
 import torch
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
+from detectron2.engine import (
+    AMPTrainer,
+    DefaultTrainer,
+    SimpleTrainer,
+    TrainerBase,
+    create_ddp_model,
+    default_argument_parser,
+    default_setup,
+    hooks,
+)
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils.logger import setup_logger
@@ -44,6 +55,7 @@ from .config import (
 )
 from .datasets import check_datasets, register_from_config
 from .launchers import watch_runner
+from .precise_bn import PooledPreciseBN
 from .summary import FINAL_METRICS
 from .weights import CheckedCheckpointer, check_init
 
@@ -86,9 +98,41 @@ class Trainer(DefaultTrainer):
     dtype, batch padding; docs/detection_speed.md)."""
 
     def __init__(self, cfg):
-        super().__init__(cfg)
+        # DefaultTrainer.__init__ (detectron2 0.7), except that DDP gets device_ids only for a
+        # CUDA model: detectron2 always passes [local_rank], which torch refuses for CPU
+        # modules, so several CPU processes (gloo) could not train.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()  # as DefaultTrainer: detectron2's logger was not set up
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        on_cuda = cfg.MODEL.DEVICE.startswith("cuda")
+        device_ids = [comm.get_local_rank()] if on_cuda else None
+        model = create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
         if cfg.SOLVER.AMP.ENABLED and cfg.TRANSFER.AMP_DTYPE == "bfloat16":
             self._trainer.precision = torch.bfloat16  # AMPTrainer autocasts to this dtype
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def build_hooks(self):
+        """detectron2's default hooks, with precise BN pooled over processes
+        (:class:`detection.precise_bn.PooledPreciseBN`), so every rank evaluates, and the
+        checkpoint holds, the same BN statistics. Returns the list of hooks."""
+        return [
+            PooledPreciseBN.from_hook(h) if type(h) is hooks.PreciseBN else h
+            for h in super().build_hooks()
+        ]
 
     @classmethod
     def build_model(cls, cfg):

@@ -143,12 +143,14 @@ def write_trial_config(trial, config):
 
 
 def read_final_metrics(output_dir):
-    """Return {"AP50", "AP", "AP75"} from ``<output_dir>/final_metrics.json``, or None when the
-    file is missing (an unfinished trial).
+    """Return {"AP50", "AP", "AP75"} (box AP) from ``<output_dir>/final_metrics.json``, plus
+    {"mask_AP50", "mask_AP", "mask_AP75"} when the results hold ``segm`` (Mask R-CNN), or None
+    when the file is missing (an unfinished trial).
 
-    Raises :class:`CorruptMetricsError` when the file exists but is not valid JSON or lacks
-    ``results.bbox.{AP50,AP,AP75}``: train_net writes it atomically, so such a file was damaged
-    or edited later, and silently re-running the trial would hide that.
+    Raises :class:`CorruptMetricsError` when the file exists but is not valid JSON, lacks
+    ``results.bbox.{AP50,AP,AP75}`` or has a ``results.segm`` without those three numbers:
+    train_net writes it atomically, so such a file was damaged or edited later, and silently
+    re-running the trial would hide that.
     """
     path = os.path.join(output_dir, FINAL_METRICS)
     try:
@@ -168,12 +170,21 @@ def read_final_metrics(output_dir):
         raise CorruptMetricsError(f"{path}: not valid JSON ({e}). {fix}") from None
     try:
         bbox = record["results"]["bbox"]
-        return {m: float(bbox[m]) for m in METRICS}
+        metrics = {m: float(bbox[m]) for m in METRICS}
     except (KeyError, TypeError, ValueError) as e:
         raise CorruptMetricsError(
             f"{path}: no numeric results.bbox.{{AP50,AP,AP75}} ({type(e).__name__}: {e}); was "
             f"the trial run without DATASETS.TEST? {fix}"
         ) from None
+    if "segm" in record["results"]:
+        try:
+            segm = record["results"]["segm"]
+            metrics.update({f"mask_{m}": float(segm[m]) for m in METRICS})
+        except (KeyError, TypeError, ValueError) as e:
+            raise CorruptMetricsError(
+                f"{path}: results.segm lacks numeric AP50/AP/AP75 ({type(e).__name__}: {e}). {fix}"
+            ) from None
+    return metrics
 
 
 def last_checkpoint(output_dir):

@@ -1,12 +1,15 @@
-"""Seeded synthetic data: an ImageFolder classification set and a PASCAL-VOC detection set.
+"""Seeded synthetic data: an ImageFolder classification set, a PASCAL-VOC detection set and a
+COCO-format instance-segmentation set.
 
 Class identity is carried by shape and texture; colours are random nuisances (see
-``synthetic.render``). Entry points: :func:`make_classification`, :func:`make_voc`, and
-:func:`check_annotation` / :func:`load_checked_voc_instances` (from ``detection.voc_check``).
+``synthetic.render``). Entry points: :func:`make_classification`, :func:`make_voc`,
+:func:`make_coco`, and :func:`check_annotation` / :func:`load_checked_voc_instances` (from
+``detection.voc_check``).
 """
 
 from . import voc as _voc
 from .classification import CLS_CLASSES, make_classification
+from .coco import make_coco
 from .voc import DET_CLASSES, make_voc
 
 
@@ -26,5 +29,6 @@ __all__ = [
     "check_voc_split",
     "load_checked_voc_instances",
     "make_classification",
+    "make_coco",
     "make_voc",
 ]

@@ -51,11 +51,13 @@ def render_detection_image(
     clutter: int = 6,
     size_range: tuple = (None, 1.0 / 3.0),
     distractor_p: float = 0.5,
+    with_masks: bool = False,
 ) -> tuple:
     """Render one detection image; returns ``(rgb float32 HxWx3, list of object dicts)``.
 
     Each object dict has ``name``, ``bbox`` (VOC 1-based xmin, ymin, xmax, ymax of the visible
-    pixels), ``truncated`` (cut by the image border) and ``difficult`` (small or mostly hidden).
+    pixels), ``truncated`` (cut by the image border) and ``difficult`` (small or mostly hidden);
+    with ``with_masks`` also ``mask``, its visible pixels (bool HxW; the pixels are the same).
     Objects are drawn in order, so later ones partly occlude earlier ones; radii are log-uniform
     in ``size_range`` (fractions of the short side; ``None`` as the lower end: 6 pixels).
     ``clutter`` is the number of background distractors and ``distractor_p`` the probability of
@@ -107,6 +109,8 @@ def render_detection_image(
                 "difficult": int(small or visible < 0.35),
             }
         )
+        if with_masks:
+            objects[-1]["mask"] = label == k
     return img, objects
 
 

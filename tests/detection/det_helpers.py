@@ -21,3 +21,14 @@ def tiny_cfg(voc_root, *opts):
     cfg = load_cfg(TINY_CONFIG, "TRANSFER.VOC_LIKE_ROOT", str(voc_root), *opts)
     resolve_single_process(cfg, world_size=1)
     return cfg
+
+
+def flatten(cfg, prefix=""):
+    """``{"KEY.SUB": value}`` of a config's leaves."""
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import yaml
-from det_helpers import CONFIG_DIR, TINY_CONFIG, load_cfg
+from det_helpers import CONFIG_DIR, TINY_CONFIG, flatten, load_cfg
 
 import synthetic
 from detection.config import SYNTHETIC_DET_CLASSES, resolve_single_process
@@ -46,16 +46,6 @@ def get(cfg, dotted):
     for key in dotted.split("."):
         cfg = cfg[key]
     return cfg
-
-
-def flatten(cfg, prefix=""):
-    out = {}
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def test_there_are_configs():
@@ -152,6 +142,25 @@ def test_one_process_uses_plain_bn_and_no_amp_on_cpu():
     assert notes == ["TRANSFER.EXTRA_NORM SyncBN -> BN (one process: nothing to synchronise)"]
     cfg = load_cfg(VOC_MOCO, "TRANSFER.EXTRA_NORM", "SyncBN")
     assert resolve_single_process(cfg, world_size=2) == [] and cfg.TRANSFER.EXTRA_NORM == "SyncBN"
+
+
+def test_several_cpu_processes_replace_torch_sync_bn():
+    # torch's SyncBatchNorm raises on CPU tensors: several CPU processes use detectron2's
+    # all-reduce BN instead; the recipe's naiveSyncBN and CUDA runs are left alone
+    opts = ("MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "SyncBN")
+    opts += ("TRANSFER.EXTRA_NORM", "nnSyncBN")
+    cfg = load_cfg(VOC_MOCO, *opts)
+    notes = resolve_single_process(cfg, world_size=2)
+    assert (cfg.MODEL.RESNETS.NORM, cfg.TRANSFER.EXTRA_NORM) == ("naiveSyncBN_N",) * 2
+    assert [n.split(" (")[0] for n in notes] == [
+        "MODEL.RESNETS.NORM SyncBN -> naiveSyncBN_N",
+        "TRANSFER.EXTRA_NORM nnSyncBN -> naiveSyncBN_N",
+    ]
+    cfg = load_cfg(VOC_MOCO, "MODEL.DEVICE", "cpu")
+    assert resolve_single_process(cfg, world_size=2) == []
+    assert cfg.MODEL.RESNETS.NORM == "naiveSyncBN"
+    cfg = load_cfg(VOC_MOCO, *opts[2:])  # MODEL.DEVICE cuda
+    assert resolve_single_process(cfg, world_size=2) == [] and cfg.MODEL.RESNETS.NORM == "SyncBN"
 
 
 @pytest.mark.parametrize("name", ["SGD", "AdamW", "Adam"])

@@ -8,8 +8,22 @@ import os
 
 import pytest
 
-from detection.summary import REFERENCES, aggregate, format_csv, mean_std, write_summary
-from detection.trials import make_seeds, make_slots, read_final_metrics, run_trials, trial_dir
+from detection.summary import (
+    REFERENCES,
+    aggregate,
+    format_csv,
+    format_markdown,
+    mean_std,
+    write_summary,
+)
+from detection.trials import (
+    CorruptMetricsError,
+    make_seeds,
+    make_slots,
+    read_final_metrics,
+    run_trials,
+    trial_dir,
+)
 
 
 def record(trial, ap50, ap, ap75, status="finished"):
@@ -150,3 +164,37 @@ def test_trials_share_gpus_and_finished_ones_are_skipped(tmp_path):
     run_trials(again, launcher, command, [None], poll_interval=0)
     assert [trial for trial, _ in launcher.started] == [4]
     assert [t["AP"] for t in again] == [50.0, 51.0, 52.0, 53.0, 54.0]
+
+
+def test_mask_ap_is_read_and_summarised_after_the_box_ap(tmp_path):
+    results = {"bbox": {"AP50": 60.0, "AP": 35.0, "AP75": 37.0, "APs": float("nan")},
+               "segm": {"AP50": 56.0, "AP": 31.0, "AP75": 33.0}}  # fmt: skip
+    (tmp_path / "final_metrics.json").write_text(json.dumps({"results": results}))
+    metrics = read_final_metrics(str(tmp_path))
+    assert metrics == {"AP50": 60.0, "AP": 35.0, "AP75": 37.0,
+                       "mask_AP50": 56.0, "mask_AP": 31.0, "mask_AP75": 33.0}  # fmt: skip
+    records = [dict(metrics, trial=0, seed=0, status="finished"),
+               dict(metrics, trial=1, seed=1000, status="finished", mask_AP=33.0),
+               {"trial": 2, "seed": 2000, "status": "failed"}]  # fmt: skip
+    s = aggregate(records, reference="mocov2_200ep")
+    assert s["mean"]["mask_AP"] == pytest.approx(32.0)
+    assert s["std"]["mask_AP"] == pytest.approx(math.sqrt(2.0))
+    assert set(s["reference"]["delta"]) == {"AP50", "AP", "AP75"}  # references are box AP
+    md = format_markdown(s)
+    assert "| trial | seed | status | AP50 | AP | AP75 | mask AP50 | mask AP | mask AP75 |" in md
+    assert "| 1 | 1000 | finished | 60.00 | 35.00 | 37.00 | 56.00 | 33.00 | 33.00 |" in md
+    assert "| 2 | 2000 | failed | - | - | - | - | - | - |" in md
+    assert "| mean - reference | | | -22.40 | -22.00 | -26.60 | - | - | - |" in md
+    rows = list(csv.DictReader(io.StringIO(format_csv(s))))
+    assert float(rows[3]["mask_AP"]) == pytest.approx(32.0)  # the mean row
+    # box-only results (VOC) keep the box columns only
+    box_only = aggregate([record(0, 80.0, 50.0, 55.0)])
+    assert "mask" not in format_markdown(box_only) + format_csv(box_only)
+    assert set(box_only["mean"]) == {"AP50", "AP", "AP75"}
+
+
+def test_damaged_mask_results_are_reported(tmp_path):
+    results = {"bbox": {"AP50": 60.0, "AP": 35.0, "AP75": 37.0}, "segm": {"AP": 31.0}}
+    (tmp_path / "final_metrics.json").write_text(json.dumps({"results": results}))
+    with pytest.raises(CorruptMetricsError, match="results.segm lacks numeric AP50/AP/AP75"):
+        read_final_metrics(str(tmp_path))
