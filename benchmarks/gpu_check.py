@@ -101,7 +101,7 @@ def sizes(tiny):
         voc=["--images", "64", "--infer-images", "18"],
         e2e=[], e2e_opts=[],
         step=["--device", "cuda", "--warmup", "5", "--iters", "20"],
-        step_batch=["--batch", "32", "--data-images", "1024", "--data-batch", "256"],
+        step_batch=["--batch", "32", "--data-images", "2048", "--data-batch", "256"],
         warm_big=["--batch", "256", "--key-bn-splits", "8"], warm_small=["--batch", "32"],
         det=["--iters", "10", "--warmup", "3", "--workers", "12"],
         det_config=DET_1GPU, det_iters="10", trial_iters="5",
@@ -135,12 +135,15 @@ def build_plan(args):
         "MODEL.WEIGHTS", os.path.join(runs, "moco_r50_c4.pkl"),
     ]  # fmt: skip
     pretrain_out = os.path.join(runs, "pretrain")
-    pretrain = [py, "-m", "pretrain.train_net"] + s["pretrain"] + [
+    pretrain = s["pretrain"] + [
         "DATA.TRAIN", f"{cls}/train", "DATA.KNN_TRAIN", f"{cls}/train", "DATA.KNN_VAL",
         f"{cls}/val", "TEST.KNN_PERIOD", "1", "INPUT.PIPELINE", "device", "SOLVER.EPOCHS", "2",
         "CHECKPOINT_PERIOD", "1", "LOG_PERIOD", "1", "OUTPUT_DIR", pretrain_out,
     ] + gpu_opts  # fmt: skip
     final_ckpt = os.path.join(pretrain_out, "checkpoint_0002.pth")
+
+    def pretrain_cli(*flags):  # options before the KEY VALUE overrides
+        return [py, "-m", "pretrain.train_net", *flags] + pretrain
 
     def out(name):
         return os.path.join(bench, f"{name}.json")
@@ -200,9 +203,9 @@ def build_plan(args):
     ]  # fmt: skip
     chain = chain_rows(pretrain_out, runs)
     smoke = pipelines + [
-        [Stage("pretrain", "smoke", chain.PRETRAIN, pretrain + ["--stop-after-epochs", "1"], 120,
+        [Stage("pretrain", "smoke", chain.PRETRAIN, pretrain_cli("--stop-after-epochs", "1"), 120,
                needs=("data-cls",), rows=chain.pretrain),
-         Stage("resume", "smoke", chain.RESUME, pretrain, 120, needs=("pretrain",),
+         Stage("resume", "smoke", chain.RESUME, pretrain_cli(), 120, needs=("pretrain",),
                rows=chain.resume, row_names=(chain.RESUME, chain.KNN)),
          Stage("convert", "smoke", chain.CONVERT, [py, "-m", "convert", final_ckpt,
                os.path.join(runs, "moco_r50_c4.pkl"), "--overwrite"], 60, needs=("resume",)),
@@ -226,6 +229,24 @@ def build_plan(args):
     return [setup, warm, timed, smoke]
 
 
+def select(phases, keys):
+    """``phases`` with only the stages named in ``keys`` and those they need, transitively,
+    plus install and environment (all stages when ``keys`` is empty). Raises SystemExit naming
+    an unknown key."""
+    stages = {st.key: st for ph in phases for stream in ph for st in stream}
+    unknown = sorted(set(keys) - set(stages))
+    if unknown:
+        raise SystemExit(f"--only {' '.join(unknown)}: no such stage; choose from {sorted(stages)}")
+    keep, todo = set(), (list(keys) + ["install", "environment"]) if keys else list(stages)
+    while todo:
+        key = todo.pop()
+        if key not in keep:
+            keep.add(key)
+            todo += stages[key].needs
+    kept = [[[st for st in stream if st.key in keep] for stream in ph] for ph in phases]
+    return [[stream for stream in ph if stream] for ph in kept]
+
+
 def build_parser():
     """The command-line parser (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -236,6 +257,7 @@ def build_parser():
     p.add_argument("--work", default="", help="scratch: data, runs, caches (/tmp/gpu_check)")
     p.add_argument("--python", default=os.environ.get("PY", sys.executable), help="of stages")
     p.add_argument("--site", default=os.environ.get("SITE", "/tmp/site"), help="wheels go here")
+    p.add_argument("--only", nargs="+", default=[], help="these stages and what they need")
     p.add_argument("--environment", default="", help=argparse.SUPPRESS)  # the environment stage
     return p
 
@@ -284,7 +306,7 @@ def main(argv=None):
     runner = Runner(args.out, os.path.join(args.work, "logs"), args.budget_s, env, REPO, header,
                     extra)  # fmt: skip
     try:
-        runner.run(build_plan(args))
+        runner.run(select(build_plan(args), args.only))
     except KeyboardInterrupt:
         runner.stop_all()
     runner.write()

@@ -90,6 +90,7 @@ part1() {
     --amp bf16 --iters 10 --warmup 3 --out "$OUT/pretrain_step_cuda.json"
   run 420 pretrain_e2e_part1 "$PY" benchmarks/pretrain_e2e.py --data-root "$JPEGS" \
     --rows reference "pil eager" "batched eager" "device eager" "loader only" \
+    "batched eager, in line" "device eager, in line" \
     --out "$OUT/pretrain_e2e_part1.json"
 }
 

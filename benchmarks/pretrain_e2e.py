@@ -90,7 +90,8 @@ def write_jpeg_folder(root, n, width=500, height=375, classes=10, quality=90, pr
             folder = os.path.join(root, f"c{i % classes:02d}")
             os.makedirs(folder, exist_ok=True)
             jobs.append((os.path.join(folder, f"{i:07d}.jpg"), i, width, height, quality))
-        processes = processes or min(16, os.cpu_count() or 1)
+        # a spawned worker re-imports this script (seconds): worth it from a few hundred images
+        processes = processes or min(16, os.cpu_count() or 1, max(1, n // 256))
         if processes > 1:
             with multiprocessing.get_context("spawn").Pool(processes) as pool:
                 sizes = pool.map(_write_one, jobs, chunksize=64)
@@ -253,6 +254,15 @@ def build_rows(args, data_root):
     return rows
 
 
+def selected(name, wanted, names):
+    """Whether row ``name`` is asked for by ``wanted`` (None: every row): a value of ``wanted``
+    that is a full row name of ``names`` selects that row alone, any other selects the rows
+    whose names start with it ("device " selects every device row)."""
+    if wanted is None:
+        return True
+    return any(name == w if w in names else name.startswith(w) for w in wanted)
+
+
 def target_status(row, target):
     """'target met', 'missed by X%' or '' for ``row`` against ``target`` (kind, value)."""
     if target is None or "pairs_per_s" not in row:
@@ -299,7 +309,9 @@ def build_parser():
     p.add_argument("--workers", type=int, default=-1, help="loader workers (16; tiny 0)")
     p.add_argument("--loader-workers", type=int, default=-1, help="loader row (16; tiny 0)")
     p.add_argument("--K", type=int, default=0, help="queue length (65536; tiny 8)")
-    p.add_argument("--rows", nargs="*", default=None, help="only rows whose name starts so")
+    p.add_argument(
+        "--rows", nargs="*", default=None, help="only these rows (a full name) or those starting so"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--data-root", default="", help="JPEG folder to (re)use")
     p.add_argument("--work-dir", default=None, help="where row outputs go (default: temp)")
@@ -372,8 +384,9 @@ def main(argv=None):
         print(f"data: {data['images']} JPEGs {width}x{height}, {data['mean_kib']:.1f} KiB each")
         if args.make_data_only:
             return result
-        for name, (kind, overrides, batch, target) in build_rows(args, data["root"]).items():
-            if args.rows is not None and not any(name.startswith(r) for r in args.rows):
+        all_rows = build_rows(args, data["root"])
+        for name, (kind, overrides, batch, target) in all_rows.items():
+            if not selected(name, args.rows, all_rows):
                 continue
             print(f"== {name}", flush=True)
             if kind == "loader":
