@@ -85,8 +85,12 @@ class Result:
 
     def error(self):
         """Why the command failed: the last error line of its log, with the exit status."""
-        if self.status == "timeout":
-            last = last_error_line(self.log_text())
+        if self.status == "timeout":  # the interrupt's own traceback says nothing
+            text = self.log_text()
+            cut = text.rfind(
+                "Traceback (most recent call last)", 0, text.rfind("KeyboardInterrupt")
+            )
+            last = last_error_line(text[:cut] if cut >= 0 else text)
             return f"timed out after {self.seconds:.0f} s; last line: {last}"
         return f"exit status {self.rc}: {last_error_line(self.log_text())}"
 
@@ -97,7 +101,7 @@ def row(section, name, status, detail="", value="", target="", shortfall="", **e
                 target=target, shortfall=shortfall, **extra)  # fmt: skip
 
 
-_ERROR = re.compile(r"(Error|Exception|error:|Traceback|FAILED|failed|Killed|No such file)")
+_ERROR = re.compile(r"(Error|Exception|error:|FAILED|failed|Killed|No such file)")
 
 
 def last_error_line(text):
@@ -105,7 +109,7 @@ def last_error_line(text):
     shortened to 240 characters."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for line in reversed(lines):
-        if _ERROR.search(line) and not line.startswith(("warnings.warn", "File ")):
+        if _ERROR.search(line) and not line.startswith(("warnings.warn", "File ", "raise ")):
             return line[:240]
     return lines[-1][:240] if lines else "(no output)"
 

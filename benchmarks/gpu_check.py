@@ -310,9 +310,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         runner.stop_all()
     runner.write()
+    print(f"gpu_check: {args.out}/gpu_check.json, gpu_check.txt, gpu_check_logs.tar.gz")
     with open(os.path.join(args.out, "gpu_check.txt")) as f:
         print(f.read(), end="")
-    print(f"gpu_check: {args.out}/gpu_check.json, gpu_check.txt, gpu_check_logs.tar.gz")
     return 0 if all(r["status"] == "OK" for r in runner.all_rows()) else 1
 
 
