@@ -154,9 +154,12 @@ class Runner:
     out_dir: where gpu_check.json/.txt and the logs archive go; log_dir: one log per stage;
     budget_s: the deadline, from construction; env/cwd: of every command; header: dict put at
     the top of the JSON (device, mode, ...); extra: ``f() -> dict`` merged into the JSON at
-    every write (e.g. the benchmarks' own JSON)."""
+    every write (e.g. the benchmarks' own JSON); limit_scale: multiplies every stage's limit."""
 
-    def __init__(self, out_dir, log_dir, budget_s, env, cwd, header, extra=lambda: {}):
+    def __init__(
+        self, out_dir, log_dir, budget_s, env, cwd, header, extra=lambda: {}, limit_scale=1.0
+    ):
+        self.limit_scale = limit_scale
         self.out_dir, self.log_dir, self.env, self.cwd = out_dir, log_dir, env, cwd
         self.start = time.monotonic()
         self.deadline = self.start + budget_s
@@ -180,7 +183,7 @@ class Runner:
         elif left < MIN_START_S:
             res = Result(stage, "skipped", why=f"time budget of {self.budget_s:.0f} s spent")
         else:
-            limit = min(stage.limit_s, left)
+            limit = min(stage.limit_s * self.limit_scale, left)
             log = os.path.join(self.log_dir, f"{stage.key}.log")
             print(f"== [{self.elapsed():4.0f} s] {stage.key}: started (limit {limit:.0f} s)",
                   flush=True)  # fmt: skip

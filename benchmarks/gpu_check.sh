@@ -30,13 +30,13 @@
 #   in turn  step                150      30    pretrain_step.py batch 32 eager + reduce-overhead,
 #                                               nvJPEG decode and views at 256, host syncs
 #            detection           150      60    detection_speed.py amp + fp32, batch 16, 3+10 it
-#   side by  pipelines-pil       150      60    pil eager + compiled, batch 256, 1+2 it
-#   side     pipelines-batched   150      60    batched eager + compiled, batch 256, 1+2 it
-#            pretrain -> resume  120+120  20+20 CLI 1 epoch (stop), resume, kNN monitor
+#   side by  pipelines           150      70    pil and batched, eager + compiled, batch 256, 1+2 it
+#   side     pretrain -> resume  120+120  20+20 CLI 1 epoch (stop), resume, kNN monitor
 #            -> convert -> detect 60+150  5+45  1gpu config + AMP, 10 it, precise BN, eval 20
 #            linear, trials      120+180  20+60 cached features; 2 trials of 5 iterations
 #            demo                180      60    python -m demo --preset smoke --seeds 0
-#   expected in all: about 20 + 60 + 140 + 110 = 330 s.
+#   expected in all: about 20 + 60 + 140 + 100 = 320 s. With --tiny every limit is 3x (small
+#   CPUs shared with other jobs) and the deadline 900 s.
 #
 # Environment: PY (python of every stage, default python3), SITE (default /tmp/site), WHEELS
 # (default .whl). Stages run with PYTHONPATH=$SITE:$PWD.
