@@ -165,6 +165,7 @@ class Runner:
         self.deadline = self.start + budget_s
         self.header, self.extra, self.budget_s = dict(header), extra, budget_s
         self.results, self.lock, self.running = {}, threading.Lock(), set()
+        self.planned, self.stopped = set(), False
         os.makedirs(out_dir, exist_ok=True)
         os.makedirs(log_dir, exist_ok=True)
 
@@ -176,7 +177,9 @@ class Runner:
         """Run one stage (or skip it); record and write its rows. Returns its Result."""
         missing = [k for k in stage.needs if not self.results.get(k) or not self.results[k].ok()]
         left = self.deadline - time.monotonic()
-        if missing:
+        if self.stopped:
+            res = Result(stage, "skipped", why="the check was interrupted")
+        elif missing:
             res = Result(stage, "skipped", why=f"needs {', '.join(missing)}, which did not succeed")
         elif stage.reuse and all(os.path.exists(p) for p in stage.reuse):
             res = Result(stage, "reused")
@@ -222,23 +225,38 @@ class Runner:
 
     def run(self, phases):
         """Run ``phases`` (list of lists of streams); returns {key: Result}."""
-        for streams in phases:
-            threads = [threading.Thread(target=self._stream, args=(s,)) for s in streams]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+        every = [st for streams in phases for stream in streams for st in stream]
+        self.planned, started = {st.key for st in every}, []
+        try:
+            for streams in phases:
+                done = [threading.Event() for _ in streams]
+                started += done
+                for stream, event in zip(streams, done):
+                    threading.Thread(target=self._stream, args=(stream, event)).start()
+                for event in done:
+                    event.wait()
+        except KeyboardInterrupt:  # stop the commands; the stages left become SKIPPED rows
+            self.stop_all()
+            for event in started:  # (a join interrupted by the signal may not wait again)
+                event.wait()
+        for stage in every:
+            if stage.key not in self.results:
+                self.run_stage(stage)
         return self.results
 
-    def _stream(self, stages):
-        for stage in stages:
-            # a stage needing one of another stream waits for it (same or earlier phase)
-            while any(k not in self.results for k in stage.needs):
-                time.sleep(0.2)
-            self.run_stage(stage)
+    def _stream(self, stages, done):
+        try:
+            for stage in stages:
+                # a stage needing one of another stream waits for it (same or earlier phase)
+                while any(k in self.planned and k not in self.results for k in stage.needs):
+                    time.sleep(0.2)
+                self.run_stage(stage)
+        finally:
+            done.set()
 
     def stop_all(self):
-        """Stop every running command (the check itself was interrupted)."""
+        """Stop every running command and start no other (the check was interrupted)."""
+        self.stopped = True
         for proc in list(self.running):
             stop_group(proc)
 

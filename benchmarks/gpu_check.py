@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -261,6 +262,10 @@ def build_parser():
     return p
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     """Run the check; print the table last. Returns 0 when every row is OK, else 1."""
     args = build_parser().parse_args(argv)
@@ -305,10 +310,8 @@ def main(argv=None):
     # tiny runs share small CPUs with other jobs: the limits guard against hangs, not speed
     runner = Runner(args.out, os.path.join(args.work, "logs"), args.budget_s, env, REPO, header,
                     extra, limit_scale=3.0 if args.tiny else 1.0)  # fmt: skip
-    try:
-        runner.run(select(build_plan(args), args.only))
-    except KeyboardInterrupt:
-        runner.stop_all()
+    signal.signal(signal.SIGTERM, _interrupt)  # a stopped check still writes its table
+    runner.run(select(build_plan(args), args.only))
     runner.write()
     print(f"gpu_check: {args.out}/gpu_check.json, gpu_check.txt, gpu_check_logs.tar.gz")
     with open(os.path.join(args.out, "gpu_check.txt")) as f:

@@ -5,9 +5,11 @@ commands cannot rot between GPU leases."""
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 
 import pytest
@@ -155,3 +157,16 @@ def test_cpu_tiny_check_runs_every_stage(tmp_path):
     used = resource.getrusage(resource.RUSAGE_CHILDREN)
     used = used.ru_utime + used.ru_stime - cpu.ru_utime - cpu.ru_stime
     print(f"tiny CPU check: {time.monotonic() - start:.0f} s wall, {used:.0f} s of CPU")
+
+
+def test_an_interrupted_check_stops_its_commands_and_lists_the_rest(tmp_path):
+    runner = _runner(tmp_path)
+    plan = [[[Stage("long", "smoke", "long", _py("import time; time.sleep(60)"), 90)]],
+            [[Stage("next", "smoke", "next", _py("pass"), 30)]]]  # fmt: skip
+    threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    start = time.monotonic()
+    runner.run(plan)
+    assert time.monotonic() - start < 30
+    rows = {r["name"]: r for r in runner.all_rows()}
+    assert rows["long"]["status"] == "FAILED"
+    assert rows["next"]["status"] == "SKIPPED" and "interrupted" in rows["next"]["detail"]
