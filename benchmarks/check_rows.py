@@ -36,6 +36,14 @@ def at_most(value, target, unit):
     return f"missed by {value - target:.3f} {unit} ({100 * (value - target) / target:.0f}% over)"
 
 
+def _measured(path, names):
+    """(the JSON at ``path``, [(benchmark row name, table row name, benchmark row)]) for the
+    rows of ``names`` (benchmark row name -> table row name) that the JSON holds."""
+    result = load_json(path) or {"rows": {}}
+    rows = result["rows"]
+    return result, [(b, name, rows[b]) for b, name in names.items() if b in rows]
+
+
 def _bench_failure(r):
     """The failure message of a benchmark row, or None when it measured."""
     for key in ("failed", "unsupported", "error"):
@@ -70,11 +78,8 @@ def e2e_rows(path, tiny):
     of pretrain_e2e.py."""
 
     def rows(res):
-        result, out = load_json(path) or {"rows": {}}, []
-        for bench_name, name in E2E_NAMES.items():
-            r = result["rows"].get(bench_name)
-            if r is None:
-                continue
+        (result, found), out = _measured(path, E2E_NAMES), []
+        for bench_name, name, r in found:
             failure = _bench_failure(r)
             out.append(row("smoke", f"pretrain {bench_name}", "FAILED" if failure else "OK",
                            failure or f"batch {r['batch']}"))  # fmt: skip
@@ -111,14 +116,11 @@ def e2e_smoke_rows(path):
     """Smoke rows ``pretrain {pil, batched} {eager, compiled}`` of a pretrain_e2e.py JSON."""
 
     def rows(res):
-        result, out = load_json(path) or {"rows": {}}, []
-        for name in SMOKE_PIPELINES:
-            r = result["rows"].get(name)
-            if r is not None:
-                failure = _bench_failure(r)
-                detail = failure or f"{r['pairs_per_s']:,.0f} pairs/s at batch {r['batch']}"
-                out.append(row("smoke", f"pretrain {name}", "FAILED" if failure else "OK",
-                               detail))  # fmt: skip
+        out = []
+        for _, name, r in _measured(path, {n: f"pretrain {n}" for n in SMOKE_PIPELINES})[1]:
+            failure = _bench_failure(r)
+            detail = failure or f"{r['pairs_per_s']:,.0f} pairs/s at batch {r['batch']}"
+            out.append(row("smoke", name, "FAILED" if failure else "OK", detail))
         return out
 
     return rows
@@ -139,15 +141,9 @@ def step_rows(path, tiny):
     reduce-overhead) against its target, the decode and views rates, the host syncs."""
 
     def rows(res):
-        result = load_json(path)
-        if result is None:
-            return []
-        out = []
-        for bench_name, name in STEP_NAMES.items():
-            r = result["rows"].get(bench_name)
-            if r is None:
-                continue
-            if bench_name.startswith("step/"):
+        (result, found), out = _measured(path, STEP_NAMES), []
+        for _, name, r in found:
+            if "first_steps_s" in r:  # a step row
                 first = sum(r["first_steps_s"])
                 out.append(row(
                     "headline", name, "OK", value=f"{r['images_per_s']:,.0f} pairs/s",
@@ -198,14 +194,8 @@ def detection_rows(path, tiny):
     target."""
 
     def rows(res):
-        result = load_json(path)
-        if result is None:
-            return []
-        out = []
-        for variant, name in DET_NAMES.items():
-            r = result["rows"].get(variant)
-            if r is None:
-                continue
+        (result, found), out = _measured(path, DET_NAMES), []
+        for _, name, r in found:
             failure = _bench_failure(r)
             if failure:
                 out.append(row("headline", name, "FAILED", failure))
