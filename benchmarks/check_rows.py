@@ -179,7 +179,8 @@ def warm_rows(path, mode, tiny):
         first = r["first_steps_s"]
         extra = sum(first) - len(first) * r["sec_per_step"]
         return [row("headline", name, "OK", value=f"{extra:.0f} s",
-                    detail=f"warm-up steps {first} s, then {r['sec_per_step']:.3f} s/step"
+                    detail=f"warm-up steps {first} s, then {r['sec_per_step']:.3f} s/step, "
+                    "side by side with the untimed stages"
                     + (", eager backend" if tiny else ""))]  # fmt: skip
 
     return rows

@@ -22,20 +22,20 @@
 #   setup    install             120     5-20   wheels $PY lacks, from .whl into $SITE
 #            environment          60      10    versions, device, nvidia-smi
 #   side by  data-jpegs          120      15    7,424 JPEGs of 500x375 on 16 processes
-#   side     data-cls            120      15    classification set, 640 images of 128 px
-#            data-voc            120      20    VOC-format set, 2 x 64 trainval + 20 test
-#            compile-default     200      60    cold compile, SOLVER.COMPILE default, batch 256
+#   side,    data-cls            120      15    classification set, 640 images of 128 px
+#   untimed  data-voc            120      20    VOC-format set, 2 x 64 trainval + 20 test
+#            compile-default     200      80    cold compile, SOLVER.COMPILE default, batch 256
 #            compile-ro          200      60    cold compile, reduce-overhead, batch 32
-#   alone,   e2e                 180      50    pretrain_e2e.py device eager + compiled, 8+20 it
-#   in turn  step                150      30    pretrain_step.py batch 32 eager + reduce-overhead,
-#                                               nvJPEG decode and views at 256, host syncs
-#            detection           150      60    detection_speed.py amp + fp32, batch 16, 3+10 it
-#   side by  pipelines           150      70    pil and batched, eager + compiled, batch 256, 1+2 it
-#   side     pretrain -> resume  120+120  20+20 CLI 1 epoch (stop), resume, kNN monitor
+#            -> pipelines        150      60    pil and batched, eager + compiled, batch 256, 1+2 it
+#            pretrain -> resume  120+120  20+20 CLI 1 epoch (stop), resume, kNN monitor
 #            -> convert -> detect 60+150  5+45  1gpu config + AMP, 10 it, precise BN, eval 20
 #            linear, trials      120+180  20+60 cached features; 2 trials of 5 iterations
 #            demo                180      60    python -m demo --preset smoke --seeds 0
-#   expected in all: about 20 + 60 + 140 + 100 = 320 s. With --tiny every limit is 3x (small
+#   alone,   e2e                 180      60    pretrain_e2e.py device eager + compiled, 8+20 it
+#   in turn  step                150      40    pretrain_step.py batch 32 eager + reduce-overhead,
+#                                               nvJPEG decode and views at 256, host syncs
+#            detection           150      50    detection_speed.py amp + fp32, batch 16, 3+10 it
+#   expected in all: about 20 + 140 + 150 = 310 s. With --tiny every limit is 3x (small
 #   CPUs shared with other jobs) and the deadline 900 s.
 #
 # Environment: PY (python of every stage, default python3), SITE (default /tmp/site), WHEELS
