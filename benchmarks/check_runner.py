@@ -165,9 +165,15 @@ class Runner:
         self.deadline = self.start + budget_s
         self.header, self.extra, self.budget_s = dict(header), extra, budget_s
         self.results, self.lock, self.running = {}, threading.Lock(), set()
-        self.planned, self.stopped = set(), False
+        self.planned, self.stopped, self.order = set(), False, {}
+        self.print_lock = threading.Lock()
         os.makedirs(out_dir, exist_ok=True)
         os.makedirs(log_dir, exist_ok=True)
+
+    def say(self, text):
+        """Print one progress line (whole, also from parallel streams)."""
+        with self.print_lock:
+            print(f"== [{self.elapsed():4.0f} s] {text}", flush=True)
 
     def elapsed(self):
         """Seconds since the check started."""
@@ -188,8 +194,7 @@ class Runner:
         else:
             limit = min(stage.limit_s * self.limit_scale, left)
             log = os.path.join(self.log_dir, f"{stage.key}.log")
-            print(f"== [{self.elapsed():4.0f} s] {stage.key}: started (limit {limit:.0f} s)",
-                  flush=True)  # fmt: skip
+            self.say(f"{stage.key}: started (limit {limit:.0f} s)")
             t0 = time.monotonic()
             rc, timed_out = _run_command(stage, limit, log, self.env, self.cwd, self.running)
             res = Result(stage, "timeout" if timed_out else "ran", rc, time.monotonic() - t0, log)
@@ -198,19 +203,19 @@ class Runner:
             self.results[stage.key] = res
             self.write()
         states = ", ".join(f"{r['name']} {r['status']}" for r in res.rows)
-        print(f"== [{self.elapsed():4.0f} s] {stage.key}: {res.status} ({states})", flush=True)
+        self.say(f"{stage.key}: {res.status} ({states})")
         return res
 
     def _rows(self, res):
         stage = res.stage
-        if res.status == "skipped":
-            return [row(stage.section, n, "SKIPPED", res.why) for n in stage.names()]
         try:
-            rows = stage.rows(res) if stage.rows else None
+            rows = stage.rows(res) if stage.rows and res.status != "skipped" else None
         except Exception as e:  # a bug in a row function must not hide the other rows
             rows = [row(stage.section, n, "FAILED", f"reading its output: {e!r}")
                     for n in stage.names()]  # fmt: skip
-        if rows is None:  # default: one row from the exit status
+        if res.status == "skipped":
+            rows = [row(stage.section, n, "SKIPPED", res.why) for n in stage.names()]
+        elif rows is None:  # default: one row from the exit status
             detail = "reused" if res.status == "reused" else ""
             rows = [row(stage.section, stage.title, "OK" if res.ok() else "FAILED",
                         detail if res.ok() else res.error())]  # fmt: skip
@@ -227,6 +232,7 @@ class Runner:
         """Run ``phases`` (list of lists of streams); returns {key: Result}."""
         every = [st for streams in phases for stream in streams for st in stream]
         self.planned, started = {st.key for st in every}, []
+        self.order = {st.key: i for i, st in enumerate(every)}
         try:
             for streams in phases:
                 done = [threading.Event() for _ in streams]
@@ -261,10 +267,10 @@ class Runner:
             stop_group(proc)
 
     def all_rows(self):
-        """Every row so far, in section order."""
+        """Every row so far, by section, then in the order of the plan."""
         rows = [r for res in self.results.values() for r in res.rows]
-        order = list(SECTIONS)
-        return sorted(rows, key=lambda r: order.index(r["section"]))
+        sections = list(SECTIONS)
+        return sorted(rows, key=lambda r: (sections.index(r["section"]), self.order[r["stage"]]))
 
     def write(self):
         """Rewrite gpu_check.json, gpu_check.txt and gpu_check_logs.tar.gz in ``out_dir``."""
