@@ -16,7 +16,8 @@ PY=${PY:-python3}
 SITE=${SITE:-/tmp/site}
 WHEELS=${WHEELS:-.whl}
 
-prepare_wheels() {
+prepare_wheels() {  # from an empty .whl: two versions of one wheel would stop the install
+  rm -rf .whl
   tools/build_wheelhouse.sh .whl --python-version 3.12 --no-detectron2-ops \
     --without opencv-python-headless
 }
