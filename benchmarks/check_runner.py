@@ -101,16 +101,21 @@ def row(section, name, status, detail="", value="", target="", shortfall="", **e
                 target=target, shortfall=shortfall, **extra)  # fmt: skip
 
 
-_ERROR = re.compile(r"(Error|Exception|error:|FAILED|failed|Killed|No such file)")
+# an exception or a killed process first; else a line saying something failed
+_ERRORS = (
+    re.compile(r"(Error|Exception|Killed|No such file)"),
+    re.compile(r"(error:|FAILED|failed)"),
+)
 
 
 def last_error_line(text):
-    """The last line of ``text`` that reads like an error (else its last non-empty line),
-    shortened to 240 characters."""
+    """The last line of ``text`` that names an exception (else the last that says something
+    failed, else its last non-empty line), shortened to 240 characters."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    for line in reversed(lines):
-        if _ERROR.search(line) and not line.startswith(("warnings.warn", "File ", "raise ")):
-            return line[:240]
+    for pattern in _ERRORS:
+        for line in reversed(lines):
+            if pattern.search(line) and not line.startswith(("warnings.warn", "File ", "raise ")):
+                return line[:240]
     return lines[-1][:240] if lines else "(no output)"
 
 

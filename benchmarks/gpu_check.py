@@ -86,7 +86,7 @@ def sizes(tiny):
             step_batch=["--batch", "4", "--data-images", "8", "--data-batch", "4"],
             warm_big=["--batch", "8", "--key-bn-splits", "2"], warm_small=["--batch", "4"],
             det=["--tiny", "--iters", "1", "--warmup", "1", "--threads", "1"],
-            det_config=DET_TINY, det_iters="2", trial_iters="1",
+            det_config=DET_TINY, det_iters="2", trial_iters="2",  # > SOLVER.STEPS (1,)
             det_opts=["MODEL.DEVICE", "cpu", "SOLVER.STEPS", "(1,)", "SOLVER.WARMUP_ITERS", "1",
                       "TEST.PRECISE_BN.NUM_ITER", "1"],
             pretrain=["--config-file", PRE_TINY, "MODEL.DEVICE", "cpu", "INPUT.SIZE", "64",

@@ -157,6 +157,8 @@ def test_last_error_line_prefers_the_error_over_later_noise():
     log = "step 1\nTraceback (most recent call last):\n  File 'x.py'\nKeyError: 'SOLVER.X'\ndone\n"
     assert check_runner.last_error_line(log) == "KeyError: 'SOLVER.X'"
     assert check_runner.last_error_line("all\nfine\n") == "fine"
+    runner_log = "ValueError: schedule too short\n| 0 | 0 | failed | - |\n"
+    assert check_runner.last_error_line(runner_log) == "ValueError: schedule too short"
 
 
 def test_only_keeps_the_stages_needed(load_benchmark):
