@@ -15,6 +15,8 @@ import sys
 import threading
 import time
 
+from common.locks import pid_alive  # noqa: F401  (also imported from here by callers)
+
 logger = logging.getLogger(__name__)
 
 # Set by LocalLauncher in a trial's environment: the pid of the runner the trial must die with.
@@ -49,22 +51,6 @@ def _prctl():
                 fn = None
         _PRCTL.append(fn)
     return _PRCTL[0]
-
-
-def pid_alive(pid):
-    """Whether process ``pid`` exists and is not a zombie (a killed process its parent has not
-    reaped yet is already dead for our purposes)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): os.kill is all we know
 
 
 def _end_trial(reason):
