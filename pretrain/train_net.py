@@ -9,6 +9,10 @@ One process (CPU or one GPU)::
     moco-pretrain --config-file configs/pretrain/moco_v2_200ep.yaml --num-gpus 8 DATA.TRAIN ...
     torchrun --nnodes 2 --nproc-per-node 8 ... -m pretrain.train_net --config-file ...
 
+SLURM, one task per GPU on 2 nodes (pretrain/slurm.py; returns once the job is queued)::
+
+    moco-pretrain --slurm --num-machines 2 --num-gpus 8 --config-file ... DATA.TRAIN ...
+
 A run restarts automatically from ``OUTPUT_DIR/last.pth`` when it exists.
 """
 
@@ -45,6 +49,8 @@ from .distributed import maybe_init_from_env, select_device
 from .engine import LoopContext, ProgressPrinter, loss_limit, train_one_epoch
 from .knn import knn_accuracy
 from .logs import setup_named_logger
+from .slurm import add_args as add_slurm_args
+from .slurm import submit_pretraining
 
 logger = logging.getLogger("pretrain.train_net")  # also when run as __main__
 
@@ -68,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         "spans SOLVER.EPOCHS, so a later resume continues it (use on preemptible time slots)",
     )
     add_launch_args(p)
+    add_slurm_args(p)  # --slurm: submit as a SLURM job (nodes/GPUs: --num-machines/--num-gpus)
     p.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     return p
 
@@ -309,6 +316,9 @@ def run(args) -> dict:
 def main(argv=None) -> None:
     """Console script ``moco-pretrain``: torchrun-aware launch of :func:`run`."""
     args = build_parser().parse_args(argv)
+    if args.slurm:  # one task per GPU on --num-machines nodes; requeued jobs resume
+        submit_pretraining(args)
+        return
     if maybe_init_from_env():  # torchrun already started one process per GPU
         run_then_close(run, args)
         return
