@@ -15,7 +15,7 @@
 # share the node by CPU (select/cons_tres, CR_CPU); no cgroups (proctrack/linuxproc,
 # task/none), so it also runs in containers; no accounting database, so `sacct` does not work:
 # common/slurm.py reads job states from `squeue` instead. A requeued job may start again after
-# 5 s (AuthInfo cred_expire, 120 s by default) and the daemons give a job 5 s between SIGTERM
+# 5 s (AuthInfo cred_expire, 120 s by default) and the daemons give a job 2 s between SIGTERM
 # and SIGKILL (KillWait; 30 s by default), to keep tests short.
 set -euo pipefail
 
@@ -124,7 +124,7 @@ MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 ReturnToService=2
-KillWait=5
+KillWait=2
 SchedulerParameters=bf_interval=1,sched_interval=1
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
