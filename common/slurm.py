@@ -21,9 +21,23 @@ from submitit.slurm.slurm import SlurmInfoWatcher
 logger = logging.getLogger(__name__)
 
 
+# States of a job that has not ended: submitit's list (READY ... PREEMPTED) and the other states
+# SLURM holds a job in before it ends, which submitit would take for "finished".
+ACTIVE_STATES = ("READY", "PENDING", "RUNNING", "UNKNOWN", "REQUEUED", "COMPLETING", "PREEMPTED")
+ACTIVE_STATES += ("CONFIGURING", "SUSPENDED", "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING")
+ACTIVE_STATES += ("SIGNALING", "STAGE_OUT", "STOPPED")
+
+
 class QueueWatcher(SlurmInfoWatcher):
     """submitit's job-state reader (``sacct``), falling back to ``squeue`` where ``sacct``
-    fails. Returns the same ``{job id: {"JobID", "State", "NodeList"}}`` records."""
+    fails. Returns the same ``{job id: {"JobID", "State", "NodeList"}}`` records; a job is done
+    once its state is none of :data:`ACTIVE_STATES`."""
+
+    def is_done(self, job_id: str, mode: str = "standard") -> bool:
+        """Whether job ``job_id`` has ended (``mode``: "force", "standard" or "cache", as in
+        submitit: when to ask the cluster again)."""
+        state = self.get_state(job_id, mode=mode).upper()
+        return state.split()[0] not in ACTIVE_STATES  # sacct writes e.g. "CANCELLED by 0"
 
     def update(self) -> None:
         """Refresh the states of every registered unfinished job (one sacct or squeue call)."""
