@@ -6,7 +6,6 @@ the end and writes the summary.
 """
 
 import json
-import os
 import signal
 import subprocess
 
