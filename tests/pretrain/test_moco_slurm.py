@@ -13,6 +13,7 @@ import json
 import os
 import re
 import subprocess
+import time
 
 import pytest
 import torch
@@ -21,7 +22,8 @@ from slurm_pause import PausingTrainer
 
 import pretrain.slurm
 from pretrain.checkpoint import load_checkpoint
-from pretrain.train_net import main
+from pretrain.slurm import Trainer
+from pretrain.train_net import build_parser, main
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -135,3 +137,21 @@ def test_requeued_job_resumes_to_the_uninterrupted_weights(
     for idx, st in state_a.items():
         for name, value in st.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(state_b[idx][name]))
+
+
+def test_a_restarted_job_continues_its_own_last_checkpoint(tmp_path, monkeypatch):
+    args = build_parser().parse_args(["--slurm", "--resume", "start.pth", "--no-auto-resume"])
+    trainer = Trainer(args, str(tmp_path), submitted=time.time())
+    last = tmp_path / "last.pth"
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    last.write_bytes(b"")
+    assert trainer.run_args() is args  # first start: as given
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    os.utime(last, (trainer.submitted - 60, trainer.submitted - 60))
+    assert trainer.run_args() is args  # an earlier run's last.pth: as given
+    os.utime(last, (trainer.submitted + 60, trainer.submitted + 60))
+    again = trainer.run_args()  # this job's own last.pth
+    assert (again.resume, again.no_auto_resume) == ("", False)
+    assert (args.resume, args.no_auto_resume, again.opts) == ("start.pth", True, args.opts)
+    # the time-limit / preemption hook requeues the same trainer
+    assert trainer.checkpoint().function is trainer
