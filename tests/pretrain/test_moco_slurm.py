@@ -17,6 +17,7 @@ import time
 
 import pytest
 import torch
+from moco_helpers import two_process_opts
 from slurm_cluster import job_ended, job_field, wait_until
 from slurm_pause import PausingTrainer
 
@@ -33,28 +34,10 @@ TIMEOUT = 300  # per wait; generous, the machine is shared
 
 
 def _submit(data, out, capsys):
-    opts = {
-        "DATA.TRAIN": data,
-        "DATA.KNN_TRAIN": "",
-        "DATA.KNN_VAL": "",
-        "OUTPUT_DIR": out,
-        "MODEL.ARCH": "resnet18",
-        "MODEL.WIDTH_PER_GROUP": 0,
-        "MODEL.MLP_HIDDEN_DIM": 64,
-        "MODEL.K": 24,
-        "MODEL.KEY_BN_SPLITS": 1,  # shuffle BN across the two tasks
-        "INPUT.SIZE": 32,
-        "INPUT.LOAD_SIZE": 40,
-        "SOLVER.BATCH_SIZE": 8,
-        "SOLVER.EPOCHS": EPOCHS,
-        "SOLVER.MAX_ITERS_PER_EPOCH": ITERS,
-        "LOG_PERIOD": 1,
-        "CPU_THREADS": 1,
-    }
     main(
         ["--slurm", "--num-gpus", "2", "--slurm-cpus-per-gpu", "1", "--slurm-timeout-min", "10"]
         + ["--config-file", CONFIG]
-        + [x for kv in opts.items() for x in map(str, kv)]
+        + two_process_opts(data, out, EPOCHS, ITERS)
     )
     printed = capsys.readouterr().out
     match = re.search(r"Submitted SLURM job (\d+) \(1 node\(s\) x 2 task\(s\)\)", printed)
