@@ -123,6 +123,16 @@ def slurm_cluster():
     yield from cluster_session(os.environ.get("MOCO_SLURM_DIR") or "/tmp/moco-slurm")
 
 
+@pytest.fixture
+def slurm(slurm_cluster):
+    """``slurm_cluster`` for one test: yields its slurm.conf, and afterwards cancels the jobs
+    the test left (a failed test must not hold the node for the next one)."""
+    from slurm_cluster import cancel_all_jobs
+
+    yield slurm_cluster
+    cancel_all_jobs()
+
+
 @pytest.fixture(scope="session")
 def load_benchmark():
     """``load_benchmark(name)``: import ``benchmarks/<name>.py`` (a script, not a package)."""

@@ -8,6 +8,7 @@ Without either the Slurm tests skip and say how to get one, or fail when
 """
 
 import os
+import pwd
 import shutil
 import subprocess
 import time
@@ -43,8 +44,8 @@ def cluster_session(folder):
             why = "starting a cluster needs root"
         if why:
             why = (
-                f"no SLURM cluster in {folder} and {why}: `sudo tools/start_slurm.sh` installs "
-                f"Debian's Slurm and munge and starts a one-node cluster there"
+                f"no SLURM cluster in {folder} and {why}: `sudo tools/start_slurm.sh {folder}` "
+                "installs Debian's Slurm and munge and starts a one-node cluster there"
             )
             if os.environ.get(REQUIRE) == "1":
                 pytest.fail(f"{REQUIRE}=1 but {why}")
@@ -99,3 +100,16 @@ def job_ended(job_id):
     state = job_field(job_id, "JobState") or "GONE"
     active = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD")
     return None if state in active else state
+
+
+def cancel_all_jobs(timeout=60):
+    """Cancel every job of this user on the cluster and wait (up to ``timeout`` s) until none is
+    left running or completing."""
+    user = pwd.getpwuid(os.getuid()).pw_name
+    subprocess.run(["scancel", "--user", user], capture_output=True, timeout=30)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        out = subprocess.run(["squeue", "--noheader", "--user", user], capture_output=True)
+        if out.returncode == 0 and not out.stdout.strip():
+            return
+        time.sleep(0.5)

@@ -74,7 +74,7 @@ def test_slurm_without_slurm_commands_says_where_to_run(tmp_path, monkeypatch):
                       gpus_per_node=0, cpus_per_task=1)  # fmt: skip
 
 
-def test_a_refused_submission_ends_with_sbatchs_reason(slurm_cluster, tmp_path):
+def test_a_refused_submission_ends_with_sbatchs_reason(slurm, tmp_path):
     args = _slurm_args("--slurm-partition", "no-such-partition")
     executor = make_executor(str(tmp_path), args, name="x", nodes=1, tasks_per_node=1,
                              gpus_per_node=0, cpus_per_task=1)  # fmt: skip

@@ -40,11 +40,26 @@ def _running(trials, other_than=()):
     return None
 
 
-def _start(args, log_path):
-    with open(log_path, "w") as log:
-        return subprocess.Popen(
-            args, env=runner_env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT
-        )
+@pytest.fixture
+def start_runner():
+    """``start(args, log_path)``: the trial runner as a subprocess writing to ``log_path``; the
+    ones still running when the test ends are killed (their jobs: the ``slurm`` fixture)."""
+    procs = []
+
+    def start(args, log_path):
+        with open(log_path, "w") as log:
+            procs.append(
+                subprocess.Popen(
+                    args, env=runner_env(), cwd=REPO, stdout=log, stderr=subprocess.STDOUT
+                )
+            )
+        return procs[-1]
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _alive(proc, i):
@@ -54,7 +69,7 @@ def _alive(proc, i):
 
 @pytest.mark.slow
 def test_slurm_trials_cancel_on_sigterm_and_rerun_adopts_after_sigkill(
-    slurm_cluster, tiny_voc_root, tmp_path
+    slurm, start_runner, tiny_voc_root, tmp_path
 ):
     out = tmp_path / "trials"
     trials = [out / "trial_0_seed_0", out / "trial_1_seed_1000"]
@@ -70,7 +85,7 @@ def test_slurm_trials_cancel_on_sigterm_and_rerun_adopts_after_sigkill(
         return logs[i].read_text()
 
     # 1. SIGTERM: the runner cancels its jobs and waits until SLURM has ended them
-    runner = _start(args, logs[0])
+    runner = start_runner(args, logs[0])
     first = wait_until(lambda: _alive(runner, 0) and _running(trials), TIMEOUT, log(0))
     runner.send_signal(signal.SIGTERM)
     assert runner.wait(timeout=TIMEOUT) == 130, log(0)()
@@ -81,7 +96,7 @@ def test_slurm_trials_cancel_on_sigterm_and_rerun_adopts_after_sigkill(
 
     # 2. SIGKILL: the runner dies at once, its new jobs run on (held, so that they are still
     # there when the rerun looks: a suspended job is not finished either)
-    runner = _start(args, logs[1])
+    runner = start_runner(args, logs[1])
     second = wait_until(
         lambda: _alive(runner, 1) and _running(trials, first.values()), TIMEOUT, log(1)
     )
@@ -92,7 +107,7 @@ def test_slurm_trials_cancel_on_sigterm_and_rerun_adopts_after_sigkill(
     assert [job_field(j, "JobState") for j in second.values()] == ["SUSPENDED"] * 2
 
     # 3. the rerun adopts both jobs instead of submitting new ones, and summarises them
-    rerun = _start(args, logs[2])
+    rerun = start_runner(args, logs[2])
     adopted = [f"adopting SLURM job {j} (submitted by an earlier runner)" for j in second.values()]
     wait_until(lambda: _alive(rerun, 2) and all(a in log_all(2) for a in adopted), TIMEOUT, log(2))
     for job in second.values():

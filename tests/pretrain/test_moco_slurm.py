@@ -66,7 +66,7 @@ def _iterations(out):
 
 @pytest.mark.slow
 def test_requeued_job_resumes_to_the_uninterrupted_weights(
-    slurm_cluster, synthetic_cls_root, tmp_path, monkeypatch, capsys
+    slurm, synthetic_cls_root, tmp_path, monkeypatch, capsys
 ):
     data = str(synthetic_cls_root / "train")
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
