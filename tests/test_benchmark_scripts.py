@@ -9,6 +9,7 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ["benchmarks/gpu_lease.sh", "tools/build_wheelhouse.sh", "tools/install_offline.sh"]
+SCRIPTS += ["tools/start_slurm.sh"]
 
 
 def _bash(*args, env=None):

@@ -15,10 +15,15 @@
 # share the node by CPU (select/cons_tres, CR_CPU); no cgroups (proctrack/linuxproc,
 # task/none), so it also runs in containers; no accounting database, so `sacct` does not work:
 # common/slurm.py reads job states from `squeue` instead. A requeued job may start again after
-# 5 s (AuthInfo cred_expire, 120 s by default) and the daemons give a job 2 s between SIGTERM
-# and SIGKILL (KillWait; 30 s by default), to keep tests short.
+# 5 s (AuthInfo cred_expire, 120 s by default), the daemons give a job 2 s between SIGTERM
+# and SIGKILL (KillWait; 30 s by default) and the schedulers look every second, to keep tests
+# short. A node name that does not resolve is added to /etc/hosts as 127.0.0.1.
 set -euo pipefail
 
+if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  exit 0
+fi
 stop=0
 if [ "${1:-}" = "--stop" ]; then
   stop=1
@@ -98,6 +103,11 @@ if ! munge -n </dev/null >/dev/null 2>&1; then
 fi
 
 host=$(hostname -s)
+# Jobs reach each other by node name (torch's MASTER_ADDR is the first node of the job).
+if ! getent hosts "$host" >/dev/null; then
+  say "adding '127.0.0.1 $host' to /etc/hosts (the node name did not resolve)"
+  echo "127.0.0.1 $host" >>/etc/hosts
+fi
 cpus=$(nproc)
 mem_mb=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
 mkdir -p "$DIR/state" "$DIR/spool"
