@@ -314,7 +314,8 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> None:
-    """Console script ``moco-pretrain``: torchrun-aware launch of :func:`run`."""
+    """Console script ``moco-pretrain``: torchrun-aware launch of :func:`run`, or with
+    ``--slurm`` its submission as a SLURM job (:mod:`pretrain.slurm`)."""
     args = build_parser().parse_args(argv)
     if args.slurm:  # one task per GPU on --num-machines nodes; requeued jobs resume
         submit_pretraining(args)
