@@ -32,6 +32,7 @@ setup(
         "numpy",
         "Pillow",
         "matplotlib",
+        "tqdm",  # the trial runner's status lines (also a dependency of detectron2 and iopath)
         "tensorboard",
         "setuptools<81",
         "submitit>=1.5",  # SLURM jobs: moco-pretrain --slurm, moco-trials --slurm

@@ -117,6 +117,7 @@ def build_cfg(config_file, data_root, device, batch, workers, iters, overrides=(
         [
             "MODEL.DEVICE", device,
             "MODEL.WEIGHTS", "",
+            "TRANSFER.INIT", "random",  # speed does not depend on the weights
             "MODEL.ROI_HEADS.NUM_CLASSES", str(len(classes)),
             "TRANSFER.VOC_LIKE_ROOT", data_root,
             "TRANSFER.VOC_LIKE_CLASSES", str(list(classes)),

@@ -1,5 +1,7 @@
-"""The bottom layer shared by every package: durable file writes (``common.io``) and the
-multi-process launch of the training entry points (``common.launch``).
+"""The bottom layer shared by every package: durable file writes (``common.io``), the
+multi-process launch of the training entry points (``common.launch``), one writer per output
+folder (``common.locks``), the config check of a resume (``common.runconfig``), command-line
+count checks (``common.cli``) and the figure set-up (``common.plotting``).
 
 It imports nothing from this project, so ``pretrain``, ``convert``, ``detection``,
 ``evaluation``, ``synthetic`` and ``demo`` can all use it (docs/architecture.md, "Layers").

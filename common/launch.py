@@ -9,7 +9,13 @@ import torch.distributed as dist
 from detectron2.engine import launch
 from detectron2.utils import comm
 
-__all__ = ["add_launch_args", "close_process_group", "launch_from_args", "run_then_close"]
+__all__ = [
+    "add_launch_args",
+    "check_launch_args",
+    "close_process_group",
+    "launch_from_args",
+    "run_then_close",
+]
 
 
 def add_launch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -24,6 +30,20 @@ def add_launch_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help="init URL (tcp://host:port) reachable by all machines; 'auto' for one machine",
     )
     return parser
+
+
+def check_launch_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse, through ``parser.error`` (usage, exit status 2), launch arguments that start no
+    process: ``--num-gpus`` or ``--num-machines`` below 1, ``--machine-rank`` outside
+    0..num-machines-1. Works with detectron2's ``default_argument_parser`` too."""
+    for flag, value in (("--num-gpus", args.num_gpus), ("--num-machines", args.num_machines)):
+        if value < 1:
+            parser.error(f"argument {flag}: must be >= 1, got {value}")
+    if not 0 <= args.machine_rank < args.num_machines:
+        parser.error(
+            f"argument --machine-rank: must be in 0..{args.num_machines - 1} "
+            f"(--num-machines {args.num_machines}), got {args.machine_rank}"
+        )
 
 
 def launch_from_args(main_func: Callable, args: argparse.Namespace) -> None:

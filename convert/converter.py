@@ -23,6 +23,7 @@ __all__ = [
     "atomic_write",
     "convert_checkpoint",
     "rename_to_detectron2",
+    "rename_to_torchvision",
     "save_detectron2_pkl",
     "save_torchvision_pth",
     "to_detectron2",
@@ -53,6 +54,26 @@ def rename_to_detectron2(name: str) -> str:
         name = pattern.sub(repl, name)
     # The stem's BN is "bn1" directly under "stem.", which the dotted rule above cannot see.
     return re.sub(r"^stem\.bn1\.", "stem.conv1.norm.", name)
+
+
+# The inverse of _RULES, applied in order: detectron2 names of a converted backbone back to
+# torchvision names, so that convert.structure can tell the widths of a converted file.
+_INVERSE_RULES = (
+    (re.compile(r"^stem\.conv1\.norm\."), lambda m: "bn1."),
+    (re.compile(r"^stem\."), lambda m: ""),
+    (re.compile(r"^res(\d)\."), lambda m: f"layer{int(m.group(1)) - 1}."),
+    (re.compile(r"\.shortcut\.norm\."), lambda m: ".downsample.1."),
+    (re.compile(r"\.shortcut\."), lambda m: ".downsample.0."),
+    (re.compile(r"\.conv(\d)\.norm\."), lambda m: f".bn{m.group(1)}."),
+)
+
+
+def rename_to_torchvision(name: str) -> str:
+    """Map one detectron2 ResNet name back to its torchvision name (inverse of
+    :func:`rename_to_detectron2`): ``res4.0.conv2.norm.weight`` -> ``layer3.0.bn2.weight``."""
+    for pattern, repl in _INVERSE_RULES:
+        name = pattern.sub(repl, name)
+    return name
 
 
 def to_detectron2(backbone: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:

@@ -11,6 +11,8 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
+from common.cli import at_least
+
 from .pipeline import run_demo
 from .presets import PRESETS, default_preset_name
 
@@ -30,8 +32,10 @@ def main(argv=None) -> int:
         "the default when CUDA is available), 'smoke' (checks the glue in about a minute; its "
         "numbers mean nothing)",
     )
-    p.add_argument("--seeds", type=int, nargs="+", help="detection trial seeds (default: 3)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the generated data")
+    p.add_argument(
+        "--seeds", type=at_least(0), nargs="+", help="detection trial seeds (default: 3)"
+    )
+    p.add_argument("--data-seed", type=at_least(0), default=0, help="seed of the generated data")
     p.add_argument(
         "--strict",
         action="store_true",

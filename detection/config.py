@@ -18,6 +18,7 @@ logger = logging.getLogger("detection.config")
 COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
 SGD_IMPLS = ("foreach", "fused", "for-loop")
 TF32_MODES = ("", "on", "off")
+INIT_MODES = ("weights", "random")
 AMP_DTYPES = ("float16", "bfloat16")
 # Class names of the generated synthetic VOC-format set, in label order (equal to
 # synthetic.DET_CLASSES; synthetic builds on detection, not the other way round).
@@ -26,6 +27,33 @@ SYNTHETIC_DET_CLASSES = ("disk", "square", "triangle", "star", "cross", "ring")
 # Norms that synchronise statistics across processes; they only mean something with a
 # process group, so one process uses plain BN instead (see `resolve_single_process`).
 SYNC_NORMS = ("SyncBN", "naiveSyncBN", "naiveSyncBN_N", "nnSyncBN")
+
+
+# Keys a `detection.train_net --resume` may change (docs/reliability.md): where and how fast
+# the same training runs, where the data and outputs are, and labels. Every other key, of
+# detectron2 and of TRANSFER, shapes the run (model, data sets, solver, input, test settings,
+# SEED, MODEL.WEIGHTS, TF32, AMP dtype, padding), and a resume with one of them changed is
+# refused. The compile and SGD-implementation switches compute the same functions (see the
+# speed options below); TF32, the AMP dtype and the padding change the arithmetic or the BN
+# statistics, so they count as the run's.
+RESUME_FREE_KEYS = (
+    "OUTPUT_DIR",
+    "MODEL.DEVICE",
+    "DATALOADER.NUM_WORKERS",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "VIS_PERIOD",
+    "CUDNN_BENCHMARK",
+    "TRANSFER.TRIAL",
+    "TRANSFER.REFERENCE",
+    "TRANSFER.VOC_ROOT",
+    "TRANSFER.VOC_LIKE_ROOT",
+    "TRANSFER.CPU_THREADS",
+    "TRANSFER.CHANNELS_LAST",
+    "TRANSFER.SGD_IMPL",
+    "TRANSFER.COMPILE_RES5",
+    "TRANSFER.COMPILE_DYNAMIC",
+    "TRANSFER.COMPILE_BACKEND",
+)
 
 
 def add_moco_detection_config(cfg):
@@ -39,6 +67,11 @@ def add_moco_detection_config(cfg):
     """
     _C = cfg
     _C.TRANSFER = CN()
+    # Where the backbone of a new training run comes from: "weights" (MODEL.WEIGHTS, a
+    # converted backbone .pkl or a detector checkpoint; every backbone tensor must load, else
+    # the run stops before iteration 0) or "random" (the random-init baseline; MODEL.WEIGHTS
+    # must then be empty). Resuming and --eval-only load whole detector checkpoints instead.
+    _C.TRANSFER.INIT = "weights"
     # Index of this fine-tune among the trials of one experiment (-1: not run as a trial).
     # Written by `moco-trials` together with SEED so every output folder records both.
     _C.TRANSFER.TRIAL = -1

@@ -19,6 +19,7 @@ import time
 from submitit.helpers import CommandFunction
 
 from common.io import atomic_write_json
+from common.locks import RUN_LOCK, pid_alive
 from common.slurm import SlurmJob, make_executor, submit
 
 logger = logging.getLogger(__name__)
@@ -56,22 +57,6 @@ def _prctl():
                 fn = None
         _PRCTL.append(fn)
     return _PRCTL[0]
-
-
-def pid_alive(pid):
-    """Whether process ``pid`` exists and is not a zombie (a killed process its parent has not
-    reaped yet is already dead for our purposes)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): os.kill is all we know
 
 
 def _end_trial(reason):
@@ -181,6 +166,23 @@ class LocalLauncher:
         proc.wait()
 
 
+class JobCommand(CommandFunction):
+    """submitit's CommandFunction whose ``env`` is *added to* the job's environment rather than
+    replacing it, so the trial keeps what SLURM set for the job (``SLURM_JOB_ID``, the
+    allocated ``CUDA_VISIBLE_DEVICES``, ...)."""
+
+    def __init__(self, command, extra_env, cwd):
+        """Args: command (list of str); extra_env (dict): variables to set on top of the job's
+        environment; cwd (str): the folder to run in."""
+        super().__init__(command, verbose=True, cwd=cwd)
+        self.extra_env = dict(extra_env)
+
+    def __call__(self, *args, **kwargs):
+        """Run the command in the job (see CommandFunction); returns its stdout."""
+        self.env = dict(os.environ, **self.extra_env)
+        return super().__call__(*args, **kwargs)
+
+
 class SlurmLauncher:
     """Submit each trial as one SLURM job (one node, one task; detectron2's ``launch`` starts a
     worker per GPU in it) through submitit (:mod:`common.slurm`).
@@ -197,6 +199,7 @@ class SlurmLauncher:
         GPU, for CPU trials); stop_timeout (float): how long :meth:`stop` waits for a cancelled
         job to leave the queue."""
         self.folder, self.stop_timeout = folder, stop_timeout
+        self._trial_dirs = {}  # job id -> trial folder
         self.executor = make_executor(
             folder,
             args,
@@ -208,8 +211,10 @@ class SlurmLauncher:
         )
 
     def start(self, cmd, env, log_path):
-        """Submit ``cmd`` as a job run from the current directory with ``env``, or adopt the
-        job recorded next to ``log_path`` (in the trial folder) while it is queued or running.
+        """Submit ``cmd`` as a job run from the current directory with the job's environment
+        plus what ``env`` (None: this environment) sets differently from this process's, or
+        adopt the job recorded next to ``log_path`` (in the trial folder) while it is queued or
+        running.
         Returns the submitit job. The job id and the path of its output are appended to
         ``log_path``."""
         record = os.path.join(os.path.dirname(log_path), SLURM_JOB_RECORD)
@@ -217,10 +222,14 @@ class SlurmLauncher:
         if job is not None:
             message = f"adopting SLURM job {job.job_id} (submitted by an earlier runner)"
         else:
-            fn = CommandFunction(cmd, verbose=True, cwd=os.getcwd(), env=env)
+            # sbatch passes this environment to the job: send only what the trial adds to it
+            env = {} if env is None else env
+            extra = {k: v for k, v in env.items() if os.environ.get(k) != v}
+            fn = JobCommand(cmd, extra, cwd=os.getcwd())
             job = submit(self.executor, fn)
             atomic_write_json(record, {"job_id": job.job_id, "folder": self.folder})
             message = f"submitted SLURM job {job.job_id}: {' '.join(cmd)}"
+        self._trial_dirs[job.job_id] = os.path.dirname(log_path)
         with open(log_path, "a") as log:
             log.write(f"{message}\nits output: {job.paths.stdout}\n")
         logger.info("%s; output in %s", message, job.paths.stdout)
@@ -244,9 +253,29 @@ class SlurmLauncher:
     def stop(self, job):
         """Cancel the job if it is still queued or running, and wait (up to the timeout) until
         SLURM has ended it, so that a rerun starts it afresh rather than adopting it."""
-        if job.done(force_check=True):
+        if _ended(job):
             return
         job.cancel(check=False)
         deadline = time.time() + self.stop_timeout
-        while not job.done(force_check=True) and time.time() < deadline:
+        while not _ended(job) and time.time() < deadline:
             time.sleep(1.0)
+        if _ended(job):
+            self._drop_run_lock(job)
+
+    def _drop_run_lock(self, job):
+        # A cancelled train_net dies on SIGTERM without releasing the trial's run.lock; seen from
+        # another node, a lock that fresh stays "live" for STALE_LOCK_S, so the job a rerun
+        # submits there would be refused. The job has ended: its lock can go.
+        path = os.path.join(self._trial_dirs.get(job.job_id, ""), RUN_LOCK)
+        try:
+            with open(path) as f:
+                if json.load(f).get("slurm_job") == job.job_id:
+                    os.unlink(path)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+def _ended(job):
+    """Whether SLURM has ended ``job`` (asked now). Not ``job.done()``, which is already true
+    once the job's function returned or failed, while its processes may still be running."""
+    return job.watcher.is_done(job.job_id, mode="force")

@@ -110,9 +110,10 @@ def _fmt(value, signed=False):
     return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
-def format_markdown(summary):
+def format_markdown(summary, figure=None):
     """Render a summary from :func:`aggregate` as a markdown table (one row per trial, then
-    mean ± std, the reference and the difference). Returns the text."""
+    mean ± std, the reference and the difference), followed by ``figure`` (a PNG path relative
+    to the markdown file) as an image when given. Returns the text."""
     lines = ["| trial | seed | status | " + " | ".join(METRICS) + " |"]
     lines.append("| --- | --- | --- |" + " --- |" * len(METRICS))
     for r in summary["trials"]:
@@ -133,7 +134,10 @@ def format_markdown(summary):
         notes.append(f"Reference: {ref['source']}.")
     if summary["failed"]:
         notes.append(f"Failed trials (not in the mean): {summary['failed']}.")
-    return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
+    text = "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
+    if figure:
+        text += f"\n![AP50, AP and AP75 of each trial]({figure})\n"
+    return text
 
 
 def format_csv(summary):
@@ -154,17 +158,33 @@ def format_csv(summary):
     return out.getvalue()
 
 
-def write_summary(out_dir, summary):
-    """Write ``summary.json``, ``summary.csv`` and ``summary.md`` into ``out_dir``.
+class EmptySummaryError(ValueError):
+    """A summary without a single finished trial; it is not written, so it never replaces one
+    that has results."""
+
+
+def write_summary(out_dir, summary, figure=None):
+    """Write ``summary.json``, ``summary.csv`` and ``summary.md`` into ``out_dir``, each
+    atomically (``common.io.atomic_write``); summary.md shows ``figure`` (a PNG path, e.g. from
+    ``detection.plots.plot_trials``) when given.
 
     Returns:
         dict[str, str]: paths by format ("json", "csv", "md").
+
+    Raises:
+        EmptySummaryError: when no trial of ``summary`` finished (nothing is written, an
+            earlier summary in ``out_dir`` stays as it was).
     """
     paths = {ext: os.path.join(out_dir, f"summary.{ext}") for ext in ("json", "csv", "md")}
+    if not summary.get("num_finished"):
+        raise EmptySummaryError(
+            f"no trial finished, so {paths['json']} (.csv, .md) was not written; a summary of an "
+            "earlier run stays as it was. Fix the failures logged above and rerun to resume."
+        )
     texts = {
         "json": json.dumps(summary, indent=2, sort_keys=True) + "\n",
         "csv": format_csv(summary),
-        "md": format_markdown(summary),
+        "md": format_markdown(summary, figure and os.path.relpath(figure, out_dir)),
     }
     for ext, path in paths.items():
         atomic_write(path, lambda f, text=texts[ext]: f.write(text), text=True)

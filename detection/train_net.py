@@ -4,10 +4,17 @@ r"""Train (or evaluate) one detector of the MoCo detection-transfer recipe.
         --num-gpus 8 MODEL.WEIGHTS output/moco_v2_200ep.pkl
     python -m detection.train_net --config-file ... --resume        # continue from last_checkpoint
     python -m detection.train_net --config-file ... --eval-only MODEL.WEIGHTS model_final.pth
+    python -m detection.train_net --config-file ... MODEL.WEIGHTS "" TRANSFER.INIT random
+
+Every load is checked (detection/weights.py): the log says how many backbone (or, resuming and
+evaluating, detector) tensors loaded, and a file that does not fill them stops the run before
+iteration 0 with what the file looks like and the fix.
 
 The main process writes ``<OUTPUT_DIR>/final_metrics.json`` (evaluation results, seed, trial)
 once training and the final evaluation are done; ``detection.trials`` treats that file as the
-mark of a finished run.
+mark of a finished run. ``--resume`` continues a run only with the config it was started with
+(``run_config.yaml``, keys outside ``detection.config.RESUME_FREE_KEYS``), and one command
+writes to an OUTPUT_DIR at a time (``OUTPUT_DIR/run.lock``).
 """
 
 import logging
@@ -15,18 +22,21 @@ import os
 
 import detectron2.utils.comm as comm
 import torch
-from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils.logger import setup_logger
 
-from common.io import atomic_write_json
-from common.launch import launch_from_args
+from common.io import atomic_write, atomic_write_json
+from common.launch import check_launch_args, launch_from_args
+from common.locks import hold_output_dir
+from common.runconfig import diff_lines, flatten_config, refuse_changes
 
 from . import roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
 from .config import (
+    RESUME_FREE_KEYS,
     SGD_IMPLS,
     load_cfg,
     resolve_single_process,
@@ -35,6 +45,7 @@ from .config import (
 from .datasets import check_datasets, register_from_config
 from .launchers import watch_runner
 from .summary import FINAL_METRICS
+from .weights import CheckedCheckpointer, check_init
 
 logger = logging.getLogger("detection.train_net")  # not __name__: "__main__" under -m
 
@@ -162,6 +173,18 @@ class Trainer(DefaultTrainer):
         )
         return maybe_add_gradient_clipping(cfg, optimizer)
 
+    def resume_or_load(self, resume=True):
+        """DefaultTrainer's resume-or-load through :class:`detection.weights.CheckedCheckpointer`:
+        logs how many tensors loaded and stops before iteration 0 when the backbone (a new
+        run) or the detector (resuming ``last_checkpoint``) did not load completely."""
+        saver = self.checkpointer
+        checked = CheckedCheckpointer(
+            saver.model, saver.save_dir, cfg=self.cfg, **saver.checkpointables
+        )
+        checked.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if checked.resuming:
+            self.start_iter = self.iter + 1  # the checkpoint holds the iteration that finished
+
     def train(self):
         """Train, then return the results of the final evaluation ({} without test sets).
 
@@ -172,13 +195,61 @@ class Trainer(DefaultTrainer):
         return getattr(self, "_last_eval_results", None) or {}
 
 
+RUN_CONFIG = "run_config.yaml"  # the config of the run whose checkpoints OUTPUT_DIR holds
+
+
+def check_resume_config(cfg):
+    """Refuse to resume the checkpoint in ``cfg.OUTPUT_DIR`` with a config that changes its run.
+
+    Compares ``cfg`` with the run's record (``run_config.yaml``; in folders written before it
+    existed, detectron2's ``config.yaml`` of the previous start, read before this start
+    overwrites it) on every key outside :data:`detection.config.RESUME_FREE_KEYS`; keys the
+    record lacks count with their defaults. No-op without a ``last_checkpoint``. Returns None;
+    raises :class:`common.runconfig.ChangedRunError` listing each change (old -> new).
+    """
+    folder = cfg.OUTPUT_DIR
+    if not os.path.exists(os.path.join(folder, "last_checkpoint")):
+        return
+    for name in (RUN_CONFIG, "config.yaml"):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            break
+    else:
+        logger.warning("%s holds no run config: cannot check that --resume is the same run", folder)
+        return
+    with open(path) as f:
+        record = CfgNode.load_cfg(f)
+    old = flatten_config(load_cfg())
+    old.update(flatten_config(record))
+    new = flatten_config(cfg)
+    keys = (set(old) | set(new)) - set(RESUME_FREE_KEYS)
+    refuse_changes(
+        f"{path} (the config of the checkpoints in {folder})",
+        diff_lines(old, new, keys),
+        "Set these back to continue that run, or start a new run in a new OUTPUT_DIR (or "
+        "without --resume, which starts from MODEL.WEIGHTS and overwrites this folder's "
+        "checkpoints).",
+    )
+
+
+def record_run_config(cfg):
+    """Write ``cfg`` to ``<OUTPUT_DIR>/run_config.yaml`` (main process, atomically): the
+    config :func:`check_resume_config` compares a later ``--resume`` with."""
+    if comm.is_main_process():
+        text = cfg.dump()
+        atomic_write(os.path.join(cfg.OUTPUT_DIR, RUN_CONFIG), lambda f: f.write(text), text=True)
+
+
 def setup(args):
     """Build the frozen config from ``args`` (config file + KEY VALUE overrides), adjust it to
-    the number of processes, register the data sets it names and set up logging/seeding."""
+    the number of processes, refuse a ``--resume`` that would change the run, register the data
+    sets it names and set up logging/seeding."""
     watch_runner()  # die with the trial runner, if one started this process
     cfg = load_cfg(args.config_file, args.opts)
     notes = resolve_single_process(cfg, comm.get_world_size())
     cfg.freeze()
+    if args.resume and not args.eval_only:
+        check_resume_config(cfg)  # before default_setup rewrites config.yaml
     default_setup(cfg, args)  # logger, seed (SEED + rank), config.yaml in OUTPUT_DIR
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="detection")
     for note in notes:
@@ -187,6 +258,8 @@ def setup(args):
         torch.set_num_threads(cfg.TRANSFER.CPU_THREADS)
     register_from_config(cfg)
     check_datasets(cfg)  # every VOC split of DATASETS.TRAIN/TEST, before iteration 0
+    resuming = args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    check_init(cfg, args.eval_only, resuming)  # MODEL.WEIGHTS / TRANSFER.INIT, before the model
     return cfg
 
 
@@ -213,14 +286,12 @@ def run(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        checkpointer = CheckedCheckpointer(model, cfg.OUTPUT_DIR, cfg=cfg, eval_only=True)
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return Trainer.test(cfg, model)
+    record_run_config(cfg)  # checked by setup() already when resuming
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=args.resume)
-    if trainer.start_iter == 0 and not cfg.MODEL.WEIGHTS:
-        logger.warning("MODEL.WEIGHTS is empty: the detector starts from random initialisation")
     results = trainer.train()
     write_final_metrics(cfg, results)
     return results
@@ -228,9 +299,15 @@ def run(args):
 
 def main(argv=None):
     """Command-line entry point (``moco-detect``): parse ``argv`` and launch :func:`run` on
-    ``--num-gpus`` processes per machine. Returns None."""
-    args = default_argument_parser().parse_args(argv)
-    launch_from_args(run, args)
+    ``--num-gpus`` processes per machine, holding ``OUTPUT_DIR/run.lock`` in this launching
+    process (first machine only), so that the processes of one run share one lock and a second
+    command on the folder exits with status 2, naming the first. Returns None."""
+    parser = default_argument_parser()
+    args = parser.parse_args(argv)
+    check_launch_args(parser, args)
+    output_dir = load_cfg(args.config_file, args.opts).OUTPUT_DIR
+    with hold_output_dir(output_dir, enabled=args.machine_rank == 0):
+        launch_from_args(run, args)
 
 
 if __name__ == "__main__":

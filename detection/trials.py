@@ -32,12 +32,10 @@ published reference (``--reference``, see ``detection.summary.REFERENCES``).
 
 import argparse
 import collections
-import datetime
 import json
 import logging
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -45,15 +43,21 @@ import time
 import torch
 from detectron2.utils.logger import setup_logger
 
+from common.cli import above, at_least
 from common.io import atomic_write_json
+from common.locks import HEARTBEAT_S, STALE_LOCK_S, LockHeldError, OutputLock
+from common.runconfig import ChangedRunError, diff_lines, flatten_config
 from common.slurm import add_slurm_args
 
 from .config import load_cfg
-from .launchers import LocalLauncher, SlurmLauncher, pid_alive
+from .launchers import LocalLauncher, SlurmLauncher
+from .plots import plot_trials
+from .progress import StatusDisplay, TrialFiles
 from .summary import (
     FINAL_METRICS,
     METRICS,
     REFERENCES,
+    EmptySummaryError,
     aggregate,
     format_markdown,
     write_summary,
@@ -61,6 +65,8 @@ from .summary import (
 
 logger = logging.getLogger("detection.trials")
 RESERVED_KEYS = ("OUTPUT_DIR", "SEED", "TRANSFER.TRIAL")  # set per trial by the runner
+# detectron2 draws a random seed for a negative SEED: such a trial could not be repeated
+SEED_WHY = " (a negative SEED makes detectron2 pick a random one)"
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -79,7 +85,7 @@ class CorruptMetricsError(ValueError):
     """``final_metrics.json`` exists but cannot be read; the message names it and the fix."""
 
 
-class ChangedConfigError(ValueError):
+class ChangedConfigError(ChangedRunError):
     """A trial folder was started with another config than this run's; the message names the
     folder, the keys that differ and the fix."""
 
@@ -90,19 +96,10 @@ TRIAL_CONFIG = "trial_config.json"  # the config a trial folder was started with
 def comparable_config(cfg):
     """``{"KEY.SUB": value}`` of a config without the keys set per trial (RESERVED_KEYS), as
     written to :data:`TRIAL_CONFIG` (tuples become lists)."""
-    flat = {}
-
-    def walk(node, prefix):
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat[prefix + key] = value
-
-    walk(cfg, "")
+    flat = flatten_config(cfg)
     for key in RESERVED_KEYS:
         flat.pop(key, None)
-    return json.loads(json.dumps(flat, sort_keys=True))
+    return flat
 
 
 def check_trial_configs(trials, config):
@@ -126,10 +123,10 @@ def check_trial_configs(trials, config):
         except (OSError, ValueError) as e:
             problems.append(f"{path}: unreadable ({e})")
             continue
-        keys = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
-        if keys:
-            shown = ", ".join(f"{k}: {old.get(k)!r} -> {config.get(k)!r}" for k in keys[:5])
-            more = f" (+{len(keys) - 5} more)" if len(keys) > 5 else ""
+        lines = diff_lines(old, config)
+        if lines:
+            shown = ", ".join(lines[:5])
+            more = f" (+{len(lines) - 5} more)" if len(lines) > 5 else ""
             problems.append(f"{t['output_dir']}: {shown}{more}")
     if problems:
         raise ChangedConfigError(
@@ -145,10 +142,6 @@ def write_trial_config(trial, config):
     path = os.path.join(trial["output_dir"], TRIAL_CONFIG)
     if not os.path.exists(path):
         atomic_write_json(path, config, indent=1, sort_keys=True)
-
-
-class TrialLockError(RuntimeError):
-    """A trial folder is locked by another live runner; the message names the lock and owner."""
 
 
 def read_final_metrics(output_dir):
@@ -209,130 +202,27 @@ def read_progress(output_dir):
 
 
 LOCK_SUFFIX = ".lock"  # <out>/trial_<i>_seed_<s>.lock, next to the trial folder
-STALE_LOCK_S = 600.0  # a lock from another host whose heartbeat is older than this is stale
-HEARTBEAT_S = 30.0  # how often a runner refreshes the mtime of the locks it holds
+TrialLockError = LockHeldError  # raised when another live runner holds a trial
 
 
-class TrialLock:
+class TrialLock(OutputLock):
     """Per-trial lock file ``<output_dir>.lock`` so two runners never run one trial.
 
     It sits next to the trial folder, not in it, so locking does not create the folders of
-    trials that have not started.
-
-    The file holds the owner's ``{"pid", "host", "started", "argv"}`` and is locked with
-    ``fcntl.flock``, which the kernel releases when every process holding it is gone: the
-    runner, and the trial it passes the descriptor to (so a trial that outlived its runner
-    still holds it). Rules, see :meth:`acquire`: held by a live process -> refused; written on
-    this host but no longer held -> stale, taken over; written on another host (where flock may
-    not reach, e.g. NFS without locking) -> refused while its mtime, refreshed every
-    ``HEARTBEAT_S`` by the owner, is younger than ``stale_after`` seconds, unless forced.
+    trials that have not started; the trial's own ``detection.train_net`` locks
+    ``<output_dir>/run.lock``, a different file. The runner passes the descriptor to the trial,
+    so a trial that outlived its runner still holds it. The rules are those of
+    :class:`common.locks.OutputLock`; a lock of another host is taken over with
+    ``--force-unlock``.
     """
 
     def __init__(self, output_dir):
         """Args: output_dir (str): the trial folder (its parent is created if missing)."""
-        self.path = os.path.normpath(output_dir) + LOCK_SUFFIX
-        self.fd = None
-
-    def _owner(self, fd):
-        try:
-            os.lseek(fd, 0, os.SEEK_SET)
-            return json.loads(os.read(fd, 65536).decode() or "null")
-        except (OSError, ValueError):
-            return None
-
-    def acquire(self, force=False, stale_after=STALE_LOCK_S, wait_s=0.0):
-        """Take the lock or raise :class:`TrialLockError` naming the lock and its live owner.
-
-        Args:
-            force (bool): take over a lock written on another host even if it looks live.
-            stale_after (float): seconds without heartbeat after which another host's lock is
-                stale.
-            wait_s (float): how long to wait for a held lock before refusing.
-
-        Returns:
-            dict or None: the previous owner's record when a stale lock was taken over.
-        """
-        import fcntl  # POSIX only: imported where a lock is taken, so the module imports anywhere
-
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        host, deadline = socket.gethostname(), time.time() + wait_s
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if time.time() < deadline:
-                    os.close(fd)
-                    time.sleep(0.1)
-                    continue
-                owner = self._owner(fd) or {}
-                os.close(fd)
-                pid, where = owner.get("pid"), owner.get("host", "?")
-                alive = where != host or (isinstance(pid, int) and pid_alive(pid))
-                raise TrialLockError(
-                    f"{self.path} is held: runner pid {pid} on {where}, started "
-                    f"{owner.get('started', '?')}"
-                    + (
-                        ". Wait for it to finish or stop it (kill " + str(pid) + ")"
-                        if alive
-                        else "; that runner is gone but a trial it started still holds the "
-                        "lock (find it with: fuser " + self.path + ")"
-                    )
-                ) from None
-            try:  # a releasing owner unlinks the file: make sure we locked the current one
-                current = os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                current = False
-            if current:
-                break
-            os.close(fd)
-        owner = self._owner(fd)
-        if owner:
-            age = time.time() - os.fstat(fd).st_mtime
-            if owner.get("host") != host and age < stale_after and not force:
-                os.close(fd)
-                raise TrialLockError(
-                    f"{self.path} belongs to runner pid {owner.get('pid')} on host "
-                    f"{owner.get('host')} (heartbeat {age:.0f}s ago); this host cannot see "
-                    f"whether it is alive. If it is gone, pass --force-unlock, or wait until "
-                    f"the lock is older than {stale_after:.0f}s."
-                )
-            logger.warning(
-                "%s: taking over the stale lock of runner pid %s on %s (started %s)",
-                self.path,
-                owner.get("pid"),
-                owner.get("host"),
-                owner.get("started"),
-            )
-        record = {
-            "pid": os.getpid(),
-            "host": host,
-            "started": datetime.datetime.now().isoformat(timespec="seconds"),
-            "argv": sys.argv,
-        }
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, json.dumps(record).encode())
-        os.fsync(fd)
-        self.fd = fd
-        return owner
-
-    def heartbeat(self):
-        """Refresh the lock's mtime (what other hosts judge staleness by)."""
-        if self.fd is not None:
-            os.utime(self.fd if os.utime in os.supports_fd else self.path)
-
-    def release(self):
-        """Remove the lock file (if it is still ours) and drop the lock."""
-        if self.fd is None:
-            return
-        try:
-            if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
-                os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        os.close(self.fd)
-        self.fd = None
+        super().__init__(
+            os.path.normpath(output_dir) + LOCK_SUFFIX,
+            kind="runner",
+            force_hint="pass --force-unlock",
+        )
 
 
 def lock_trials(trials, force=False, stale_after=STALE_LOCK_S, wait_s=0.0):
@@ -461,7 +351,8 @@ def _run_locked(
             pending.append(t)
     if corrupt:
         raise CorruptMetricsError("not starting anything:\n  " + "\n  ".join(corrupt))
-    free, running, last_log, last_beat = list(range(len(slots))), {}, 0.0, time.time()
+    free, running, last_beat = list(range(len(slots))), {}, time.time()
+    display = StatusDisplay(trials, trial_files, len(slots), max_iter, retries + 1, log_period)
     try:
         while pending or running:
             while pending and free:
@@ -521,29 +412,37 @@ def _run_locked(
                 last_beat = time.time()
                 for lock in locks.values():
                     lock.heartbeat()
-            if running and time.time() - last_log >= log_period:
-                last_log = time.time()
-                for t, _, started in running.values():
-                    logger.info("%s", _progress_line(t, started, max_iter))
+            display.update({t["trial"]: started for t, _, started in running.values()})
             time.sleep(poll_interval if running else 0)
     except KeyboardInterrupt:
         logger.warning("Interrupted: stopping %d running trial(s); rerun to resume", len(running))
         for _, handle, _ in running.values():
             launcher.stop(handle)
         raise
+    finally:
+        display.close()
     return trials
 
 
-def _progress_line(t, started, max_iter):
-    head = f"trial {t['trial']} (seed {t['seed']}):"
-    elapsed = datetime.timedelta(seconds=int(time.time() - started))
-    progress = read_progress(t["output_dir"])
-    if progress is None:
-        return f"{head} running, no metrics.json line yet, {elapsed} elapsed"
-    it, eta = progress
-    total = f"/{max_iter} ({100.0 * (it + 1) / max_iter:.0f}%)" if max_iter else ""
-    eta = f", eta {datetime.timedelta(seconds=int(eta))}" if eta is not None else ""
-    return f"{head} iter {it + 1}{total}{eta}, {elapsed} elapsed"
+def trial_files(output_dir):
+    """What a trial's files say, for the status display (:class:`detection.progress.TrialFiles`):
+    iterations done and detectron2's ETA (last ``metrics.json`` line), ``last_checkpoint``, and
+    the final evaluation's duration, from ``last_checkpoint`` (written with the final
+    checkpoint, right before the evaluation) to ``final_metrics.json``."""
+    progress = read_progress(output_dir)
+    try:
+        eval_s = os.path.getmtime(os.path.join(output_dir, FINAL_METRICS)) - os.path.getmtime(
+            os.path.join(output_dir, "last_checkpoint")
+        )
+    except OSError:
+        eval_s = None
+    return TrialFiles(
+        iteration=progress[0] + 1 if progress else None,
+        eta_s=progress[1] if progress else None,
+        checkpoint=last_checkpoint(output_dir),
+        eval_s=eval_s if eval_s is None or eval_s >= 0 else None,
+        log=os.path.join(output_dir, "train_net.out"),
+    )
 
 
 def visible_gpus():
@@ -573,23 +472,38 @@ def build_parser():
     )
     p.add_argument("--config-file", required=True, help="detection config (configs/detection)")
     p.add_argument("--output-dir", required=True, help="trial folders and summary go here")
-    p.add_argument("--num-trials", type=int, default=5, help="the papers report 5")
-    p.add_argument("--base-seed", type=int, default=0, help="seeds are base + 1000 * i")
-    p.add_argument("--seeds", type=int, nargs="+", help="explicit seeds (sets --num-trials)")
+    p.add_argument("--num-trials", type=at_least(1), default=5, help="the papers report 5")
+    p.add_argument(
+        "--base-seed", type=at_least(0, why=SEED_WHY), default=0, help="seeds are base + 1000 * i"
+    )
+    p.add_argument(
+        "--seeds",
+        type=at_least(0, why=SEED_WHY),
+        nargs="+",
+        help="explicit seeds (sets --num-trials)",
+    )
     p.add_argument(
         "--gpus-per-trial",
-        type=int,
+        type=at_least(1),
         default=1,
         help="--num-gpus of each trial; more visible GPUs run trials in parallel",
     )
-    p.add_argument("--retries", type=int, default=1, help="extra attempts for a failed trial")
+    p.add_argument(
+        "--retries", type=at_least(0), default=1, help="extra attempts for a failed trial (0: none)"
+    )
     p.add_argument(
         "--reference",
         default=None,
         help=f"published result to compare with, one of {sorted(REFERENCES)} or "
         "'none'; default: the config's TRANSFER.REFERENCE",
     )
-    p.add_argument("--log-period", type=float, default=60.0, help="seconds between progress lines")
+    p.add_argument(
+        "--log-period",
+        type=above(0.0),
+        default=60.0,
+        help="seconds between the status lines when stdout is not a terminal (a terminal "
+        "shows them in place, redrawn every second)",
+    )
     p.add_argument(
         "--force-unlock",
         action="store_true",
@@ -599,13 +513,13 @@ def build_parser():
     )
     p.add_argument(
         "--stale-lock-s",
-        type=float,
+        type=above(0.0),
         default=STALE_LOCK_S,
         help="a lock from another host without heartbeat for this long is stale",
     )
     p.add_argument(
         "--lock-wait-s",
-        type=float,
+        type=at_least(0.0, float),
         default=10.0,
         help="wait this long for a locked trial (e.g. a runner just stopped) before refusing",
     )
@@ -617,8 +531,9 @@ def build_parser():
 
 def main(argv=None):
     """Command-line entry point (``moco-trials``). Returns the exit status: 0 when every trial
-    finished, 1 when one failed twice, 2 when nothing was started (a trial is locked by another
-    live runner, or a ``final_metrics.json`` is damaged), 130 when interrupted."""
+    finished, 1 when one failed twice (no summary is written when none finished), 2 when nothing
+    was started (a trial is locked by another live runner, or a ``final_metrics.json`` is
+    damaged), 130 when interrupted."""
     args = build_parser().parse_args(argv)
     opts = [o for o in args.opts if o != "--"]
     clash = [k for k in opts[::2] if k in RESERVED_KEYS]
@@ -679,7 +594,15 @@ def main(argv=None):
             signal.signal(signal.SIGTERM, previous)
     summary = aggregate(trials, reference)
     summary.update(config_file=config_file, overrides=opts)
-    paths = write_summary(out_dir, summary)
+    # only from finished trials: a run that finished nothing leaves an earlier summary alone
+    figure = None
+    if summary.get("num_finished"):
+        figure = plot_trials(summary, os.path.join(out_dir, "trials.png"))
+    try:
+        paths = write_summary(out_dir, summary, figure)
+    except EmptySummaryError as e:
+        logger.error("%s", e)
+        return 1
     logger.info("Summary (%s):\n%s", paths["md"], format_markdown(summary))
     return 1 if summary["failed"] else 0
 

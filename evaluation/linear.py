@@ -9,7 +9,7 @@ top-1/top-5. After training, every backbone tensor is compared with the pretrain
     moco-lincls --checkpoint last.pth --data synth --crop-size 64 --cached-features   # fast
     moco-lincls --checkpoint last.pth --data synth --output-dir out --evaluate
 
-Any checkpoint :func:`convert.load_backbone` reads works: this project's pretraining files, the
+Any checkpoint :func:`convert.load_resnet50` reads works: this project's pretraining files, the
 reference MoCo release and torchvision weights. ``--cached-features`` extracts features once
 (cached, see :mod:`evaluation.features`) and trains the head on them without augmentation.
 """
@@ -31,9 +31,12 @@ from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
 from detectron2.utils.file_io import PathManager
 from torch.utils.data import DataLoader, DistributedSampler
 
+from common.cli import above, at_least
 from common.io import atomic_write
-from common.launch import add_launch_args, launch_from_args
-from convert import FORMATS, check_resnet50, load_backbone
+from common.launch import add_launch_args, check_launch_args, launch_from_args
+from common.locks import hold_output_dir
+from common.runconfig import diff_lines, refuse_changes
+from convert import FORMATS, load_resnet50
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from pretrain.distributed import select_device
 from pretrain.knn import backbone_features
@@ -50,6 +53,12 @@ from .features import (
 logger = logging.getLogger("evaluation.linear")  # not __name__: "__main__" under -m
 LAST = "last.pth"
 FORMAT = "moco-detectron2/lincls/v1"
+# The arguments that shape a training run of the head: a resume with one of them changed is
+# refused (the backbone is checked by its hash, the classes by the head's shape). The others
+# may change; --epochs among them, because the lr steps at fixed epochs (--schedule) and the
+# data order depends on the epoch only, so a run resumed with more epochs continues exactly
+# as one started with them.
+RUN_ARGS = ("schedule", "lr", "momentum", "weight_decay", "batch_size", "crop_size", "seed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,33 +71,44 @@ def build_parser() -> argparse.ArgumentParser:
         "--format", default="auto", choices=FORMATS, help="checkpoint format; 'auto' detects it"
     )
     p.add_argument("--prefix", default=None, help="encoder key prefix when not auto-detected")
-    p.add_argument("--width-per-group", type=int, default=64, help="--random-init only (16=thin)")
+    p.add_argument(
+        "--width-per-group", type=at_least(1), default=64, help="--random-init only (16=thin)"
+    )
     p.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
     p.add_argument("--output-dir", default="output/lincls", help="last.pth, metrics, results")
-    p.add_argument("--epochs", type=int, default=100, help="100 in the protocol")
+    p.add_argument("--epochs", type=at_least(1), default=100, help="100 in the protocol")
     p.add_argument(
-        "--schedule", type=int, nargs="*", default=[60, 80], help="epochs where lr drops x0.1"
+        "--schedule",
+        type=at_least(0),
+        nargs="*",
+        default=[60, 80],
+        help="epochs where lr drops x0.1",
     )
     p.add_argument(
         "--lr",
-        type=float,
+        type=above(0.0),
         default=30.0,
         help="30 for batch 256 (MoCo features have a small norm, hence the large lr); scale "
         "it linearly if you change --batch-size, and sweep it with --cached-features",
     )
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=0.0, help="0 in the protocol")
+    p.add_argument("--momentum", type=at_least(0.0, float), default=0.9)
     p.add_argument(
-        "--batch-size", type=int, default=256, help="total over all processes (divided per GPU)"
+        "--weight-decay", type=at_least(0.0, float), default=0.0, help="0 in the protocol"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=at_least(1),
+        default=256,
+        help="total over all processes (divided per GPU)",
     )
     p.add_argument(
         "--crop-size",
-        type=int,
+        type=at_least(1),
         default=224,
         help="train/eval crop; eval resizes to crop*256/224 first. Use the image size for "
         "small images (64 for the synthetic set)",
     )
-    p.add_argument("--workers", type=int, default=4, help="data loader processes per GPU")
+    p.add_argument("--workers", type=at_least(0), default=4, help="data loader processes per GPU")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="", help="cpu or cuda (default: cuda if available)")
     p.add_argument("--evaluate", action="store_true", help="only evaluate the head in last.pth")
@@ -104,25 +124,18 @@ def build_parser() -> argparse.ArgumentParser:
 def load_backbone_model(args) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """The frozen torchvision ResNet-50 and a CPU copy of its weights for the sanity check.
 
-    Reads any supported checkpoint through :func:`convert.load_backbone` (format detection
-    lives there only); the torchvision network is built at the detected width.
+    Reads any supported checkpoint through :func:`convert.load_resnet50` (format detection
+    lives in convert only): the torchvision network is built at the detected width and every
+    backbone tensor must load (the log says how many did).
     """
     if args.random_init:
         torch.manual_seed(args.seed)
         net = torchvision.models.resnet50(width_per_group=args.width_per_group)
-        sd = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+        logger.info("--random-init: loaded 0 backbone tensors (the random-init baseline)")
     else:
-        sd, ext = load_backbone(args.checkpoint, fmt=args.format, prefix=args.prefix)
-        shape = check_resnet50(sd)
-        if (shape.stem_out_channels, shape.res2_out_channels) != (64, 256):
-            raise ValueError(f"{args.checkpoint}: {shape.describe()}; torchvision cannot build it")
-        net = torchvision.models.resnet50(
-            width_per_group=shape.width_per_group, groups=shape.num_groups
-        )
-        missing, unexpected = net.load_state_dict(sd, strict=False)
-        if unexpected or any(not k.startswith("fc.") for k in missing):
-            raise RuntimeError(f"{args.checkpoint}: missing {missing}, unexpected {unexpected}")
-        logger.info("Loaded %s (format %s, prefix '%s')", args.checkpoint, ext.fmt, ext.prefix)
+        net, ext, report = load_resnet50(args.checkpoint, fmt=args.format, prefix=args.prefix)
+        line = report.line(args.checkpoint)
+        logger.info("%s (format '%s', prefix '%s')", line, ext.fmt, ext.prefix)
     # A CPU copy taken now, so that the check at the end compares against the loaded weights.
     reference = {
         k: v.detach().clone()
@@ -251,6 +264,26 @@ def _save_last(args, head, optimizer, epoch: int, key: str, result: dict) -> Non
     atomic_write(path, lambda f: torch.save(ckpt, f))
 
 
+def check_same_head_run(ckpt: dict, args, head: nn.Module, path: str) -> None:
+    """Refuse to continue the head in ``ckpt`` (from ``path``) with other :data:`RUN_ARGS` than
+    its run had (``ckpt["args"]``) or for another number of classes. Returns None; raises
+    :class:`common.runconfig.ChangedRunError` listing each change (``--flag: old -> new``)."""
+    flag = {a: "--" + a.replace("_", "-") for a in RUN_ARGS}
+    saved = ckpt.get("args") or {}
+    old = {flag[a]: saved[a] for a in RUN_ARGS if a in saved}
+    new = {flag[a]: getattr(args, a) for a in RUN_ARGS if a in saved}
+    lines = diff_lines(old, new)
+    classes = (ckpt["head"]["weight"].shape[0], head.weight.shape[0])
+    if classes[0] != classes[1]:
+        lines.append(f"classes of --data: {classes[0]} -> {classes[1]}")
+    refuse_changes(
+        path,
+        lines,
+        "Set these back to continue that run, or use a new --output-dir (or --no-resume, which "
+        "trains afresh and overwrites this last.pth).",
+    )
+
+
 def _resume(args, head, optimizer, key: str) -> int:
     """Load ``last.pth`` if present (and allowed); returns the epoch to start from."""
     path = os.path.join(args.output_dir, LAST)
@@ -265,6 +298,8 @@ def _resume(args, head, optimizer, key: str) -> int:
             f"{path} was trained on another backbone (or is not a linear-eval checkpoint); "
             "use a fresh --output-dir or --no-resume"
         )
+    if not args.evaluate:
+        check_same_head_run(ckpt, args, head, path)
     head.load_state_dict(ckpt["head"])
     optimizer.load_state_dict(ckpt["optimizer"])
     logger.info("Resumed from %s at epoch %d", path, ckpt["epoch"])
@@ -367,9 +402,14 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> dict | None:
-    """CLI entry point: parse, then run on every process (detectron2 ``launch``)."""
-    args = build_parser().parse_args(argv)
-    return launch_from_args(run, args)
+    """CLI entry point: parse, then run on every process (detectron2 ``launch``), holding
+    ``<output-dir>/run.lock`` in this launching process (first machine only): a second command
+    on the folder exits with status 2, naming the first."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_launch_args(parser, args)
+    with hold_output_dir(args.output_dir, enabled=args.machine_rank == 0):
+        return launch_from_args(run, args)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ import torch.nn as nn
 from detectron2.utils.file_io import PathManager  # iopath, with detectron2's handlers
 
 from common.io import atomic_write
+from common.runconfig import diff_lines, flatten_config, refuse_changes
 
 from .builder import build_moco
-from .config import get_pretrain_cfg
+from .config import RUN_KEYS, get_pretrain_cfg
 
 logger = logging.getLogger(__name__)
 FORMAT = "moco-detectron2/pretrain/v1"
@@ -36,6 +37,11 @@ MAX_ABS_WEIGHT = 1e6
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: unreadable, not ours, unhealthy or mismatched."""
+
+
+class ForeignCheckpointError(CheckpointError):
+    """A readable file that is not a pretraining checkpoint of this project (e.g. a torchvision
+    or MoCo release file, which ``convert.load_backbone`` reads)."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -91,9 +97,10 @@ def resume_hint(last_good: str) -> str:
     """What to do after a divergence, given the last good checkpoint of the run ("" if none)."""
     if last_good:
         return (
-            f"The last good checkpoint is {last_good}: fix the cause and rerun; the run resumes "
-            f"from OUTPUT_DIR/last.pth automatically (or pass --resume {last_good}), "
-            "or start afresh with --no-auto-resume."
+            f"The last good checkpoint is {last_good}. A rerun with the same config resumes "
+            f"from it (OUTPUT_DIR/last.pth automatically, or --resume {last_good}), e.g. once "
+            "bad input data is fixed; a changed lr, warm-up or other recipe key is a new run: "
+            "start it with --no-auto-resume (or in a new OUTPUT_DIR)."
         )
     return (
         "No checkpoint of this run was written before it diverged: fix the cause and rerun "
@@ -159,7 +166,7 @@ def load_checkpoint(path: str) -> dict:
         ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(
+        raise ForeignCheckpointError(
             f"{path!r} is not a {FORMAT} checkpoint (format={fmt!r}); "
             "reference-release files must be converted or loaded with strict key mapping"
         )
@@ -234,6 +241,38 @@ def load_resume_checkpoint(output_dir: str, resume: str = "") -> Tuple[Optional[
     )
 
 
+def check_same_run(ckpt: dict, cfg, path: str, iters_per_epoch: int) -> None:
+    """Refuse to resume ``ckpt`` (read from ``path``) with a config that changes its run.
+
+    Compares the config saved in the checkpoint (missing keys: today's defaults) with ``cfg``
+    on :data:`pretrain.config.RUN_KEYS`, and the iterations per epoch the checkpoint's run had
+    (``iteration / epoch``) with ``iters_per_epoch``: another data set size, batch or number of
+    processes moves every later step of the lr schedule. Keys of ``FREE_KEYS`` (workers, log
+    period, output folder, compile, ...) may change. Returns None; raises
+    :class:`common.runconfig.ChangedRunError` listing each change as ``KEY: old -> new`` and
+    the choices. A checkpoint without a saved config is not checked.
+    """
+    if not ckpt.get("cfg"):
+        logger.warning("%s holds no config: cannot check that the resume is the same run", path)
+        return
+    old = flatten_config(get_pretrain_cfg())
+    old.update(flatten_config(get_pretrain_cfg().load_cfg(ckpt["cfg"])))
+    lines = diff_lines(old, flatten_config(cfg), RUN_KEYS)
+    epoch, iteration = ckpt.get("epoch", 0), ckpt.get("iteration", 0)
+    if epoch and iteration != epoch * iters_per_epoch:
+        lines.append(
+            f"iterations per epoch (DATA.TRAIN images / SOLVER.BATCH_SIZE, per process): "
+            f"{iteration / epoch:g} -> {iters_per_epoch}"
+        )
+    refuse_changes(
+        f"checkpoint {path}",
+        lines,
+        "Set these back to continue that run (its config is the checkpoint's 'cfg'), or start "
+        "a new run in a new OUTPUT_DIR (or with --no-auto-resume, which overwrites this "
+        "folder's last.pth after its first epoch).",
+    )
+
+
 def _optimizer_type(ckpt: dict) -> str:
     """Optimizer class name saved in ``ckpt`` (inferred from its param groups for old files)."""
     if ckpt.get("optimizer_type"):
@@ -260,7 +299,15 @@ def restore(ckpt: dict, model, optimizer=None, scaler=None, path: str = "") -> N
                 f"SOLVER.OPTIMIZER builds {now}: set SOLVER.OPTIMIZER {saved} to continue "
                 "that run, or start a new run with --no-auto-resume (or a new OUTPUT_DIR)"
             )
-    unwrap(model).load_state_dict(ckpt["model"])
+    try:
+        unwrap(model).load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # shapes or names differ: a model of another config
+        raise CheckpointError(
+            f"checkpoint {path or '<given>'} holds a model that does not fit this config "
+            f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}); resume "
+            "it with the config it was saved with, or start a new run with --no-auto-resume "
+            "(or a new OUTPUT_DIR)"
+        ) from None
     if optimizer is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
     if scaler is not None and ckpt.get("scaler"):

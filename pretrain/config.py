@@ -119,6 +119,81 @@ _C.CPU_THREADS = 0
 _C.CUDNN_BENCHMARK = True  # let cuDNN pick conv algorithms (fixed input sizes)
 
 
+# What a resume may change (pretrain.checkpoint.check_same_run, docs/reliability.md). Every key
+# of the config is in exactly one of the two lists (tests/pretrain/test_moco_run_identity.py).
+# RUN_KEYS make the run what it is: the model, the loss, the data augmentation, the optimizer
+# and its schedule, the seed. A resume with any of them changed is refused: the lr schedule,
+# the queue or the augmentation would become neither the old run's nor the new one's.
+# INPUT.PIPELINE is one of them: each pipeline draws its crops and colours from its own random
+# streams ("batched" crops from a decoded square, not from the full image), so a switch changes
+# the augmentation of the rest of the run and the bit-identical resume no longer holds.
+RUN_KEYS = (
+    "MODEL.ARCH",
+    "MODEL.WIDTH_PER_GROUP",
+    "MODEL.ZERO_INIT_RESIDUAL",
+    "MODEL.DIM",
+    "MODEL.MLP",
+    "MODEL.MLP_HIDDEN_DIM",
+    "MODEL.HEAD_BN",
+    "MODEL.OUT_BN",
+    "MODEL.K",
+    "MODEL.M",
+    "MODEL.T",
+    "MODEL.SHUFFLE_BN",
+    "MODEL.KEY_BN_SPLITS",
+    "MODEL.SYMMETRIC",
+    "INPUT.AUG",
+    "INPUT.SIZE",
+    "INPUT.CROP_SCALE",
+    "INPUT.COLOR_JITTER",
+    "INPUT.GRAY_P",
+    "INPUT.PIPELINE",
+    "INPUT.LOAD_SIZE",
+    "SOLVER.BATCH_SIZE",
+    "SOLVER.EPOCHS",
+    "SOLVER.BASE_LR",
+    "SOLVER.REFERENCE_LR",
+    "SOLVER.REFERENCE_BATCH",
+    "SOLVER.OPTIMIZER",
+    "SOLVER.MOMENTUM",
+    "SOLVER.WEIGHT_DECAY",
+    "SOLVER.SCHEDULE",
+    "SOLVER.STEPS",
+    "SOLVER.GAMMA",
+    "SOLVER.WARMUP_EPOCHS",
+    "SOLVER.WARMUP_ITERS",
+    "SOLVER.AMP",  # the arithmetic's precision (and fp16's grad-scaler state)
+    "SOLVER.MAX_ITERS_PER_EPOCH",  # the length of an epoch, hence of the schedule
+    "SEED",
+)
+# FREE_KEYS change where and how fast the same computation runs, or what is logged and
+# monitored. SOLVER.COMPILE is one of them: the compiled encoders compute the same functions
+# with the same state-dict keys (docs/pretrain_speed.md), as CHANNELS_LAST does in another
+# memory layout. DATA.TRAIN is a path, and a data set moved to another disk is the same data;
+# a data set of another size changes the iterations per epoch, which the resume checks itself.
+FREE_KEYS = (
+    "VERSION",
+    "MODEL.DEVICE",
+    "INPUT.PREFETCH",  # same numbers ahead of the step or in line (pretrain/prefetch.py)
+    "DATA.TRAIN",
+    "DATA.CACHE_DECODED",  # the same decoded squares, kept in memory
+    "DATA.NUM_WORKERS",  # augmentation is seeded per sample, not per worker
+    "DATA.KNN_TRAIN",
+    "DATA.KNN_VAL",
+    "SOLVER.CHANNELS_LAST",
+    "SOLVER.COMPILE",
+    "TEST.KNN_PERIOD",
+    "TEST.KNN_K",
+    "TEST.KNN_T",
+    "TEST.KNN_SIZE",
+    "CHECKPOINT_PERIOD",
+    "LOG_PERIOD",
+    "OUTPUT_DIR",
+    "CPU_THREADS",
+    "CUDNN_BENCHMARK",
+)
+
+
 def get_pretrain_cfg() -> CN:
     """Return a fresh copy of the default pretraining config (MoCo v2, case (d))."""
     return _C.clone()

@@ -22,6 +22,7 @@ import time
 import submitit
 
 from common.launch import run_then_close
+from common.locks import hold_output_dir
 from common.slurm import add_slurm_args, make_executor, submit
 
 from .checkpoint import LAST
@@ -83,7 +84,10 @@ class Trainer:
             flush=True,
         )
         maybe_init_from_env()
-        return run_then_close(run, self.run_args())
+        # rank 0 holds OUTPUT_DIR/run.lock; a restart on another node takes over the lock its
+        # own earlier attempt left there (same SLURM job id)
+        with hold_output_dir(self.output_dir, enabled=env.rank == 0):
+            return run_then_close(run, self.run_args())
 
     def checkpoint(self):
         """submitit's hook for the time-limit or preemption signal (rank 0): requeue the same

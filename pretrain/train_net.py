@@ -13,7 +13,9 @@ SLURM, one task per GPU on 2 nodes (pretrain/slurm.py; returns once the job is q
 
     moco-pretrain --slurm --num-machines 2 --num-gpus 8 --config-file ... DATA.TRAIN ...
 
-A run restarts automatically from ``OUTPUT_DIR/last.pth`` when it exists.
+A run restarts automatically from ``OUTPUT_DIR/last.pth`` when it exists, and only with the
+config it was started with (``pretrain.config.RUN_KEYS``). One run writes to an OUTPUT_DIR at a
+time (``OUTPUT_DIR/run.lock``, see ``common.locks``).
 """
 
 import argparse
@@ -27,13 +29,16 @@ from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
 
+from common.cli import at_least
 from common.io import atomic_write
-from common.launch import add_launch_args, launch_from_args, run_then_close
+from common.launch import add_launch_args, check_launch_args, launch_from_args, run_then_close
+from common.locks import hold_output_dir
 
 from .augment import BatchedMocoAug
 from .builder import build_moco, check_key_bn_splits, compile_encoders
 from .checkpoint import (
     LAST,
+    check_same_run,
     checkpoint_name,
     load_resume_checkpoint,
     restore,
@@ -68,9 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-auto-resume", action="store_true", help="ignore OUTPUT_DIR/last.pth")
     p.add_argument(
         "--stop-after-epochs",
-        type=int,
-        default=0,
-        help="stop (with a checkpoint) after this many finished epochs; the schedule still "
+        type=at_least(1, why=" (leave the flag out to train all SOLVER.EPOCHS)"),
+        default=None,
+        metavar="N",
+        help="stop (with a checkpoint) after N finished epochs; the schedule still "
         "spans SOLVER.EPOCHS, so a later resume continues it (use on preemptible time slots)",
     )
     add_launch_args(p)
@@ -158,10 +164,12 @@ def _drop_metrics_after(path: str, iteration: int) -> None:
     logger.info("Dropped %d metrics.json line(s) at or after iteration %d", dropped, iteration)
 
 
-def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: int = 0) -> dict:
+def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs=None) -> dict:
     """Pretrain MoCo as configured by ``cfg`` in the current process group.
 
-    Resumes from ``resume`` or (``auto_resume``) from OUTPUT_DIR/last.pth. Returns a dict with
+    Resumes from ``resume`` or (``auto_resume``) from OUTPUT_DIR/last.pth, refusing a checkpoint
+    whose run had another recipe (:func:`pretrain.checkpoint.check_same_run`). Stops after
+    ``stop_after_epochs`` finished epochs when given (None or 0: all). Returns a dict with
     the final ``epoch``, ``iteration`` and, when the kNN monitor ran, ``knn_top1`` (0..1).
     """
     world, rank = comm.get_world_size(), comm.get_rank()
@@ -192,6 +200,7 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
         # last.pth, or the newest readable checkpoint_NNNN.pth when last.pth is unusable
         path, ckpt = load_resume_checkpoint(cfg.OUTPUT_DIR, resume)
     if path:
+        check_same_run(ckpt, cfg, path, iters_per_epoch)
         restore(ckpt, model, optimizer, scaler, path=path)
         start_epoch, start_iter = ckpt["epoch"], ckpt["iteration"]
         logger.info("Resumed from %s at epoch %d, iteration %d", path, start_epoch, start_iter)
@@ -315,15 +324,26 @@ def run(args) -> dict:
 
 def main(argv=None) -> None:
     """Console script ``moco-pretrain``: torchrun-aware launch of :func:`run`, or with
-    ``--slurm`` its submission as a SLURM job (:mod:`pretrain.slurm`)."""
-    args = build_parser().parse_args(argv)
+    ``--slurm`` its submission as a SLURM job (:mod:`pretrain.slurm`).
+
+    One lock per run on OUTPUT_DIR (``common.locks.hold_output_dir``): held by this launching
+    process on the first machine, or by rank 0 under torchrun or in a SLURM job, so the other
+    ranks of the same run start freely while a second run on the folder exits with status 2,
+    naming the first.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_launch_args(parser, args)
     if args.slurm:  # one task per GPU on --num-machines nodes; requeued jobs resume
         submit_pretraining(args)
         return
+    output_dir = load_cfg(args.config_file, args.opts).OUTPUT_DIR  # also fails early on typos
     if maybe_init_from_env():  # torchrun already started one process per GPU
-        run_then_close(run, args)
+        with hold_output_dir(output_dir, enabled=comm.get_rank() == 0):
+            run_then_close(run, args)
         return
-    launch_from_args(run, args)
+    with hold_output_dir(output_dir, enabled=args.machine_rank == 0):
+        launch_from_args(run, args)
 
 
 if __name__ == "__main__":

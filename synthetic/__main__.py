@@ -6,6 +6,8 @@ import argparse
 import json
 import time
 
+from common.cli import at_least
+
 from .classification import CLS_CLASSES, make_classification
 from .voc import make_voc
 
@@ -16,26 +18,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="kind", required=True)
     cls = sub.add_parser("cls", help="ImageFolder classification set (root/train, root/val)")
     cls.add_argument("root")
-    cls.add_argument("--seed", type=int, default=0)
-    cls.add_argument("--num-classes", type=int, default=len(CLS_CLASSES))
-    cls.add_argument("--train-per-class", type=int, default=100)
-    cls.add_argument("--val-per-class", type=int, default=25)
+    cls.add_argument("--seed", type=at_least(0), default=0)
+    cls.add_argument("--num-classes", type=at_least(1), default=len(CLS_CLASSES))
+    cls.add_argument("--train-per-class", type=at_least(1), default=100)
+    cls.add_argument("--val-per-class", type=at_least(1), default=25)
     cls.add_argument(
         "--image-size",
-        type=int,
+        type=at_least(16),
         default=64,
         help="square side in pixels; 64 leaves 2x2 res5 maps with the ImageNet stem",
     )
-    cls.add_argument("--clutter", type=int, default=4, help="background distractors per image")
+    cls.add_argument(
+        "--clutter", type=at_least(0), default=4, help="background distractors per image"
+    )
     voc = sub.add_parser("voc", help="PASCAL-VOC-format detection set (VOC2007, VOC2012)")
     voc.add_argument("root")
-    voc.add_argument("--seed", type=int, default=0)
+    voc.add_argument("--seed", type=at_least(0), default=0)
     voc.add_argument("--years", nargs="+", default=["2007", "2012"])
-    voc.add_argument("--trainval-images", type=int, default=60, help="per year")
-    voc.add_argument("--test-images", type=int, default=30, help="VOC2007 test only")
-    voc.add_argument("--min-side", type=int, default=128)
-    voc.add_argument("--max-side", type=int, default=192)
-    voc.add_argument("--max-objects", type=int, default=4)
+    voc.add_argument("--trainval-images", type=at_least(1), default=60, help="per year")
+    voc.add_argument("--test-images", type=at_least(1), default=30, help="VOC2007 test only")
+    voc.add_argument("--min-side", type=at_least(1), default=128)
+    voc.add_argument("--max-side", type=at_least(1), default=192)
+    voc.add_argument("--max-objects", type=at_least(1), default=4)
     return parser
 
 

@@ -18,7 +18,12 @@ Both fixtures return the root as a ``pathlib.Path``; the generator's summary dic
 """
 
 import importlib.util
+import json
+import logging
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -145,3 +150,75 @@ def load_benchmark():
         return module
 
     return load
+
+
+# Holds <folder>/run.lock as a running command would, prints "ready" and sleeps.
+_LOCK_HOLDER = (
+    "import os, sys, time\n"
+    "from common.locks import OutputLock\n"
+    "OutputLock(os.path.join(sys.argv[1], 'run.lock'), kind='run').acquire()\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+@pytest.fixture
+def lock_holder():
+    """``lock_holder(folder)``: start a process that holds ``<folder>/run.lock`` (its command
+    line ends with ``holder-marker``) and return its ``Popen`` once it holds the lock. Kill it
+    with ``kill()`` (SIGKILL, then reaped) to leave a dead owner's lock behind; any still
+    running at the end of the test are killed."""
+    procs = []
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def start(folder):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _LOCK_HOLDER, str(folder), "holder-marker"],
+            env=dict(os.environ, PYTHONPATH=repo),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "ready"
+        return proc
+
+    def kill(proc):
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    start.kill = kill
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            kill(proc)
+
+
+@pytest.fixture
+def one_writer_check(lock_holder, capsys, caplog, monkeypatch):
+    """``one_writer_check(main, argv, folder, module)``: the command ``main(argv)`` of
+    ``module`` (which launches through ``module.launch_from_args``) refuses while a live
+    process holds ``<folder>/run.lock`` (exit status 2, the owner's pid, start time and command
+    on stderr, nothing written), then takes the lock of that owner once it is dead (logged)
+    and holds it, as this process, while it launches; the lock is gone afterwards."""
+
+    def check(main, argv, folder, module):
+        lock = os.path.join(folder, "run.lock")
+        holder = lock_holder(folder)
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{lock} is held: run pid {holder.pid} on " in err, err
+        assert "started 20" in err and "holder-marker" in err and f"kill {holder.pid}" in err
+        assert os.listdir(folder) == ["run.lock"]  # nothing of the command was written
+        lock_holder.kill(holder)
+        seen = []  # the lock's owner while the command "trains"
+        monkeypatch.setattr(
+            module, "launch_from_args", lambda run, args: seen.append(json.load(open(lock)))
+        )
+        with caplog.at_level(logging.WARNING, logger="common.locks"):
+            main(argv)
+        assert f"taking over the stale lock of run pid {holder.pid}" in caplog.text
+        assert [owner["pid"] for owner in seen] == [os.getpid()] and not os.path.exists(lock)
+
+    return check

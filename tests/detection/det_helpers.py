@@ -25,13 +25,14 @@ def tiny_cfg(voc_root, *opts):
 
 
 def runner_args(out, voc_root):
-    """argv of ``python -m detection.trials``: 2 trials of the tiny config on ``voc_root``, 4
-    iterations each (checkpoint at iteration 1), no reference, progress every 5 s."""
+    """argv of ``python -m detection.trials``: 2 trials of the tiny config on ``voc_root`` from
+    random init, 4 iterations each (checkpoint at iteration 1), no reference, progress every
+    5 s."""
     return [
         sys.executable, "-m", "detection.trials", "--config-file", TINY_CONFIG,
         "--output-dir", str(out), "--num-trials", "2", "--log-period", "5",
         "--reference", "none",
-        "TRANSFER.VOC_LIKE_ROOT", str(voc_root), "SOLVER.MAX_ITER", "4",
+        "TRANSFER.VOC_LIKE_ROOT", str(voc_root), "TRANSFER.INIT", "random", "SOLVER.MAX_ITER", "4",
         "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.STEPS", "(3,)", "SOLVER.WARMUP_ITERS", "1",
         "TEST.PRECISE_BN.NUM_ITER", "1",
     ]  # fmt: skip

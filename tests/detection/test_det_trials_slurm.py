@@ -87,9 +87,17 @@ def test_slurm_trials_cancel_on_sigterm_and_rerun_adopts_after_sigkill(
     # 1. SIGTERM: the runner cancels its jobs and waits until SLURM has ended them
     runner = start_runner(args, logs[0])
     first = wait_until(lambda: _alive(runner, 0) and _running(trials), TIMEOUT, log(0))
+    locks = [t / "run.lock" for t in trials]  # train_net has started in both jobs
+    wait_until(lambda: _alive(runner, 0) and all(p.exists() for p in locks), TIMEOUT, log(0))
+    # the trial runs in its job's environment (SLURM's variables kept, not the runner's only)
+    owners = [json.loads(p.read_text() or "{}").get("slurm_job") for p in locks]
+    assert owners == [first[t] for t in trials]
     runner.send_signal(signal.SIGTERM)
     assert runner.wait(timeout=TIMEOUT) == 130, log(0)()
     assert [job_ended(j) for j in first.values()] == ["CANCELLED", "CANCELLED"]
+    # a SIGTERMed train_net leaves its run.lock, which on another node would look live for
+    # --stale-lock-s: the runner removes the locks of the jobs it cancelled
+    assert [p.exists() for p in locks] == [False, False]
     job = first[trials[0]]
     assert (job_field(job, "Partition"), job_field(job, "Account")) == ("debug", "moco")
     assert processes_mentioning(str(out)) == []
