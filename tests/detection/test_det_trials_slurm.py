@@ -62,6 +62,15 @@ def start_runner():
             proc.wait()
 
 
+def _owners(locks):
+    """The owner records of the lock files ``locks`` once all are written, else None."""
+    try:
+        owners = [json.loads(p.read_text()) for p in locks]
+    except (OSError, ValueError):
+        return None
+    return owners if all(isinstance(o, dict) and "pid" in o for o in owners) else None
+
+
 def _alive(proc, i):
     assert proc.poll() is None, f"runner {i} exited with status {proc.returncode}"
     return True
@@ -88,10 +97,9 @@ def test_slurm_trials_cancel_on_sigterm_and_rerun_adopts_after_sigkill(
     runner = start_runner(args, logs[0])
     first = wait_until(lambda: _alive(runner, 0) and _running(trials), TIMEOUT, log(0))
     locks = [t / "run.lock" for t in trials]  # train_net has started in both jobs
-    wait_until(lambda: _alive(runner, 0) and all(p.exists() for p in locks), TIMEOUT, log(0))
+    owners = wait_until(lambda: _alive(runner, 0) and _owners(locks), TIMEOUT, log(0))
     # the trial runs in its job's environment (SLURM's variables kept, not the runner's only)
-    owners = [json.loads(p.read_text() or "{}").get("slurm_job") for p in locks]
-    assert owners == [first[t] for t in trials]
+    assert [o["slurm_job"] for o in owners] == [first[t] for t in trials]
     runner.send_signal(signal.SIGTERM)
     assert runner.wait(timeout=TIMEOUT) == 130, log(0)()
     assert [job_ended(j) for j in first.values()] == ["CANCELLED", "CANCELLED"]
