@@ -27,7 +27,8 @@ def _answers(conf):
         out = subprocess.run(["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, timeout=20)
     except (OSError, subprocess.SubprocessError):
         return False
-    return out.returncode == 0 and out.stdout.split()[:1] in ([b"idle"], [b"mixed"])
+    states = out.stdout.decode().split()
+    return out.returncode == 0 and bool(states) and states[0] in ("idle", "mixed", "allocated")
 
 
 def cluster_session(folder):
