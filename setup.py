@@ -35,10 +35,11 @@ setup(
         "tqdm",  # the trial runner's status lines (also a dependency of detectron2 and iopath)
         "tensorboard",
         "setuptools<81",
+        "submitit>=1.5",  # SLURM jobs: moco-pretrain --slurm, moco-trials --slurm
     ],
     extras_require={
         "dev": ["pytest>=7", "pytest-timeout", "ruff>=0.5", "black>=24"],
-        "slurm": ["submitit"],
+        "slurm": [],  # kept so that `pip install .[slurm]` still works: submitit is required now
     },
     entry_points={
         "console_scripts": [

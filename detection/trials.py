@@ -23,8 +23,9 @@ duplicates. On a rerun:
 
 Trials run one after another, or several at once when more GPUs are visible than one trial
 needs (``--gpus-per-trial``; each trial gets its own CUDA_VISIBLE_DEVICES). With ``--slurm``
-every trial is one SLURM job submitted through submitit (``pip install '.[slurm]'``), all
-submitted at once. The end result is ``summary.json``, ``summary.csv`` and ``summary.md`` in
+every trial is one SLURM job submitted through submitit, all submitted at once; Ctrl-C or
+SIGTERM cancels them, and a rerun adopts the jobs of a runner that was killed instead of
+submitting them again. The end result is ``summary.json``, ``summary.csv`` and ``summary.md`` in
 ``--output-dir``: per-trial AP50/AP/AP75, mean ± sample std (ddof=1) and the difference to a
 published reference (``--reference``, see ``detection.summary.REFERENCES``).
 """
@@ -46,6 +47,7 @@ from common.cli import above, at_least
 from common.io import atomic_write_json
 from common.locks import HEARTBEAT_S, STALE_LOCK_S, LockHeldError, OutputLock
 from common.runconfig import ChangedRunError, diff_lines, flatten_config
+from common.slurm import add_slurm_args
 
 from .config import load_cfg
 from .launchers import LocalLauncher, SlurmLauncher
@@ -532,13 +534,8 @@ def build_parser():
         default=10.0,
         help="wait this long for a locked trial (e.g. a runner just stopped) before refusing",
     )
-    s = p.add_argument_group("SLURM (submitit; pip install '.[slurm]')")
-    s.add_argument("--slurm", action="store_true", help="submit one job per trial")
-    s.add_argument("--slurm-partition", default="")
-    s.add_argument("--slurm-constraint", default="")
-    s.add_argument("--slurm-timeout-min", type=int, default=4320)
-    s.add_argument("--slurm-cpus-per-gpu", type=int, default=10)
-    s.add_argument("--slurm-mem-gb", type=int, default=0)
+    # --slurm: one job per trial (detection.launchers.SlurmLauncher)
+    add_slurm_args(p, cpus_help="CPUs per GPU of a trial (per trial with MODEL.DEVICE cpu)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p
 
@@ -569,15 +566,8 @@ def main(argv=None):
         {"trial": i, "seed": s, "output_dir": trial_dir(out_dir, i, s)} for i, s in enumerate(seeds)
     ]
     if args.slurm:
-        launcher = SlurmLauncher(
-            os.path.join(out_dir, "slurm"),
-            args.gpus_per_trial,
-            args.slurm_partition,
-            args.slurm_timeout_min,
-            args.slurm_cpus_per_gpu,
-            args.slurm_mem_gb,
-            args.slurm_constraint,
-        )
+        gpus = 0 if cfg.MODEL.DEVICE == "cpu" else args.gpus_per_trial
+        launcher = SlurmLauncher(os.path.join(out_dir, "slurm"), args, gpus)
         slots = [None] * len(trials)  # SLURM places the jobs
     else:
         launcher, slots = LocalLauncher(), make_slots(visible_gpus(), args.gpus_per_trial)

@@ -9,6 +9,10 @@ One process (CPU or one GPU)::
     moco-pretrain --config-file configs/pretrain/moco_v2_200ep.yaml --num-gpus 8 DATA.TRAIN ...
     torchrun --nnodes 2 --nproc-per-node 8 ... -m pretrain.train_net --config-file ...
 
+SLURM, one task per GPU on 2 nodes (pretrain/slurm.py; returns once the job is queued)::
+
+    moco-pretrain --slurm --num-machines 2 --num-gpus 8 --config-file ... DATA.TRAIN ...
+
 A run restarts automatically from ``OUTPUT_DIR/last.pth`` when it exists, and only with the
 config it was started with (``pretrain.config.RUN_KEYS``). One run writes to an OUTPUT_DIR at a
 time (``OUTPUT_DIR/run.lock``, see ``common.locks``).
@@ -50,6 +54,8 @@ from .distributed import maybe_init_from_env, select_device
 from .engine import LoopContext, ProgressPrinter, loss_limit, train_one_epoch
 from .knn import knn_accuracy
 from .logs import setup_named_logger
+from .slurm import add_args as add_slurm_args
+from .slurm import submit_pretraining
 
 logger = logging.getLogger("pretrain.train_net")  # also when run as __main__
 
@@ -74,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         "spans SOLVER.EPOCHS, so a later resume continues it (use on preemptible time slots)",
     )
     add_launch_args(p)
+    add_slurm_args(p)  # --slurm: submit as a SLURM job (nodes/GPUs: --num-machines/--num-gpus)
     p.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     return p
 
@@ -316,15 +323,20 @@ def run(args) -> dict:
 
 
 def main(argv=None) -> None:
-    """Console script ``moco-pretrain``: torchrun-aware launch of :func:`run`.
+    """Console script ``moco-pretrain``: torchrun-aware launch of :func:`run`, or with
+    ``--slurm`` its submission as a SLURM job (:mod:`pretrain.slurm`).
 
     One lock per run on OUTPUT_DIR (``common.locks.hold_output_dir``): held by this launching
-    process on the first machine, or by rank 0 under torchrun, so the other ranks of the same
-    run start freely while a second run on the folder exits with status 2, naming the first.
+    process on the first machine, or by rank 0 under torchrun or in a SLURM job, so the other
+    ranks of the same run start freely while a second run on the folder exits with status 2,
+    naming the first.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     check_launch_args(parser, args)
+    if args.slurm:  # one task per GPU on --num-machines nodes; requeued jobs resume
+        submit_pretraining(args)
+        return
     output_dir = load_cfg(args.config_file, args.opts).OUTPUT_DIR  # also fails early on typos
     if maybe_init_from_env():  # torchrun already started one process per GPU
         with hold_output_dir(output_dir, enabled=comm.get_rank() == 0):

@@ -118,6 +118,27 @@ def tiny_moco_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def slurm_cluster():
+    """A one-node SLURM cluster on this machine (tools/start_slurm.sh in $MOCO_SLURM_DIR,
+    default /tmp/moco-slurm); yields its slurm.conf, with SLURM_CONF set for the session.
+    Skips when there is none and none can be started, fails then under MOCO_REQUIRE_SLURM=1
+    (tests/slurm_cluster.py)."""
+    from slurm_cluster import cluster_session
+
+    yield from cluster_session(os.environ.get("MOCO_SLURM_DIR") or "/tmp/moco-slurm")
+
+
+@pytest.fixture
+def slurm(slurm_cluster):
+    """``slurm_cluster`` for one test: yields its slurm.conf, and afterwards cancels the jobs
+    the test left (a failed test must not hold the node for the next one)."""
+    from slurm_cluster import cancel_all_jobs
+
+    yield slurm_cluster
+    cancel_all_jobs()
+
+
+@pytest.fixture(scope="session")
 def load_benchmark():
     """``load_benchmark(name)``: import ``benchmarks/<name>.py`` (a script, not a package)."""
 

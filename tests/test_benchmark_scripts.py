@@ -14,6 +14,7 @@ SCRIPTS = [
     "benchmarks/lease_lib.sh",
     "tools/build_wheelhouse.sh",
     "tools/install_offline.sh",
+    "tools/start_slurm.sh",
 ]
 
 
