@@ -9,6 +9,8 @@ import torch.distributed as dist
 from detectron2.engine import launch
 from detectron2.utils import comm
 
+from .errors import report_to_parent
+
 __all__ = [
     "add_launch_args",
     "check_launch_args",
@@ -73,7 +75,13 @@ def close_process_group() -> None:
 
 def run_then_close(main_func: Callable, *args):
     """``main_func(*args)``, then :func:`close_process_group`; returns what ``main_func`` did.
-    An exception skips the close (the other ranks may still be waiting in a collective)."""
-    result = main_func(*args)
+    An exception skips the close (the other ranks may still be waiting in a collective); in a
+    worker process of detectron2's ``launch`` it reaches the parent as the worker's final
+    error line (:func:`common.errors.report_to_parent`)."""
+    try:
+        result = main_func(*args)
+    except BaseException as e:
+        report_to_parent(e)
+        raise
     close_process_group()
     return result

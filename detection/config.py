@@ -13,6 +13,8 @@ import logging
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from common.configs import merge_config
+
 logger = logging.getLogger("detection.config")
 
 COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
@@ -23,6 +25,12 @@ AMP_DTYPES = ("float16", "bfloat16")
 # Class names of the generated synthetic VOC-format set, in label order (equal to
 # synthetic.DET_CLASSES; synthetic builds on detection, not the other way round).
 SYNTHETIC_DET_CLASSES = ("disk", "square", "triangle", "star", "cross", "ring")
+
+# Keys only a pretraining config sets: such a file given to detection is named as one.
+_PRETRAIN_KEYS = {
+    key: "a pretraining config (run it with moco-pretrain)"
+    for key in ("MODEL.ARCH", "MODEL.K", "DATA.TRAIN", "DATA")
+}
 
 # Norms that synchronise statistics across processes; they only mean something with a
 # process group, so one process uses plain BN instead (see `resolve_single_process`).
@@ -154,13 +162,19 @@ def add_moco_detection_config(cfg):
 def load_cfg(config_file: str = "", opts=()):
     """detectron2's defaults plus the ``TRANSFER`` node, merged with ``config_file`` (if any)
     and the ``KEY VALUE`` list ``opts``. Returns the CfgNode, not frozen
-    (:func:`resolve_single_process` may still adjust it)."""
+    (:func:`resolve_single_process` may still adjust it). Raises ``common.configs.ConfigError``
+    (a ValueError) naming the file or override, the key and the fix."""
     cfg = get_cfg()
     add_moco_detection_config(cfg)
-    if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
-    return cfg
+    return merge_config(
+        cfg,
+        config_file,
+        opts,
+        what="detection",
+        config_dir="configs/detection",
+        keys_doc="detection/config.py and detectron2's config/defaults.py",
+        foreign=_PRETRAIN_KEYS,
+    )
 
 
 def resolve_single_process(cfg, world_size):

@@ -4,10 +4,9 @@ Defaults are MoCo v2 on ImageNet (case (d) of the paper's ablation: MLP head, au
 200 epochs, batch 256 over 8 GPUs). YAML files in ``configs/pretrain/`` override them.
 """
 
-import difflib
-import re
-
 from detectron2.config import CfgNode as CN
+
+from common.configs import merge_config
 
 PIPELINES = ("pil", "batched", "device")  # values of INPUT.PIPELINE
 
@@ -206,31 +205,11 @@ def effective_lr(cfg: CN) -> float:
     return cfg.SOLVER.REFERENCE_LR * cfg.SOLVER.BATCH_SIZE / cfg.SOLVER.REFERENCE_BATCH
 
 
-def _all_keys(node: CN, prefix: str = "") -> list:
-    """Full dotted names of every key of ``node`` (sub-nodes and leaves)."""
-    keys = []
-    for k, v in node.items():
-        keys.append(prefix + k)
-        if isinstance(v, CN):
-            keys += _all_keys(v, prefix + k + ".")
-    return keys
-
-
-def _merge_error(e: Exception, source: str) -> ValueError:
-    """A ValueError naming ``source`` and, for an unknown key, the closest valid keys."""
-    msg = str(e.args[0]) if e.args else str(e)
-    match = re.search(r"Non-existent (?:config )?key: (\S+)", msg)
-    if not match:
-        return ValueError(f"invalid pretraining config in {source}: {msg}")
-    key = match.group(1)
-    depth = key.count(".")
-    valid = [k for k in _all_keys(_C) if k.count(".") == depth]
-    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
-    if not close:  # a typo in a parent (SOLVR.BASE_LR): compare the last part under any parent
-        leaf = key.rsplit(".", 1)[-1]
-        close = [k for k in valid if depth and k.rsplit(".", 1)[-1] == leaf][:3]
-    hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    return ValueError(f"unknown config key {key!r} in {source}{hint} (see pretrain/config.py)")
+# Keys only a detection config sets: such a file given to pretraining is named as one.
+_DETECTION_KEYS = {
+    "MODEL.META_ARCHITECTURE": "a detection config (run it with moco-detect or moco-trials)",
+    "DATASETS": "a detection config (run it with moco-detect or moco-trials)",
+}
 
 
 def load_cfg(config_file: str = "", opts=()) -> CN:
@@ -241,16 +220,15 @@ def load_cfg(config_file: str = "", opts=()) -> CN:
     naming the key and the fix for a value that cannot work (:func:`validate_cfg`).
     """
     cfg = get_pretrain_cfg()
-    if config_file:
-        try:
-            cfg.merge_from_file(config_file)
-        except (KeyError, ValueError, AssertionError) as e:
-            raise _merge_error(e, config_file) from e
-    if opts:
-        try:
-            cfg.merge_from_list(list(opts))
-        except (KeyError, ValueError, AssertionError) as e:
-            raise _merge_error(e, "the command-line overrides") from e
+    merge_config(
+        cfg,
+        config_file,
+        opts,
+        what="pretraining",
+        config_dir="configs/pretrain",
+        keys_doc="pretrain/config.py",
+        foreign=_DETECTION_KEYS,
+    )
     validate_cfg(cfg)
     cfg.freeze()
     return cfg
