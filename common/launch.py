@@ -3,8 +3,10 @@ linear evaluation): detectron2's ``launch`` driven by the four arguments of
 ``detectron2.engine.default_argument_parser``."""
 
 import argparse
+import os
 from typing import Callable
 
+import torch
 import torch.distributed as dist
 from detectron2.engine import launch
 from detectron2.utils import comm
@@ -13,6 +15,7 @@ from .errors import report_to_parent
 
 __all__ = [
     "add_launch_args",
+    "check_device",
     "check_launch_args",
     "close_process_group",
     "launch_from_args",
@@ -45,6 +48,32 @@ def check_launch_args(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error(
             f"argument --machine-rank: must be in 0..{args.num_machines - 1} "
             f"(--num-machines {args.num_machines}), got {args.machine_rank}"
+        )
+
+
+def check_device(device: str, num_gpus: int = 1, key: str = "MODEL.DEVICE") -> None:
+    """Refuse, before any process starts, CUDA asked for (``device`` "cuda" or "cuda:N"; ""
+    means CUDA when present) where torch sees no GPU, and more processes per machine
+    (``num_gpus``) than visible GPUs. Raises ValueError naming ``key``, ``--num-gpus`` and the
+    fix; returns None."""
+    if device and not device.startswith("cuda"):
+        return
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        if device:
+            raise ValueError(
+                f"{key} is {device!r}, but torch {torch.__version__} sees no CUDA device "
+                f"(CUDA build: {torch.version.cuda or 'none'}; CUDA_VISIBLE_DEVICES="
+                f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Set {key} cpu, or run on "
+                "a machine with a GPU."
+            )
+        return
+    if num_gpus > count:
+        raise ValueError(
+            f"--num-gpus {num_gpus} starts one process per GPU, but {count} GPU(s) are visible "
+            f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}). Pass "
+            f"--num-gpus {count} (with a config made for {count} GPU(s)), or run where "
+            f"{num_gpus} are visible."
         )
 
 

@@ -26,6 +26,8 @@ from typing import Any, Mapping
 import torch
 from detectron2.utils.file_io import PathManager
 
+from common.files import not_a_weights_file
+
 # The tag pretraining writes into its checkpoints; defined once, by the writer.
 from pretrain.checkpoint import FORMAT as PRETRAIN_FORMAT_TAG
 
@@ -51,6 +53,8 @@ _FORMAT_PREFIXES = {
     "torchvision": ("", "module."),
 }
 _STEM_KEY = "conv1.weight"
+# Top-level modules of a whole detectron2 detector's state dict (a model_*.pth of a detection run)
+DETECTOR_ROOTS = ("backbone.", "roi_heads.", "proposal_generator.")
 
 
 class CheckpointFormatError(ValueError):
@@ -86,6 +90,12 @@ def load_checkpoint_file(path: str) -> Any:
     """
     if not PathManager.exists(path):
         raise CheckpointFormatError(f"{path}: no such file")
+    plainly = not_a_weights_file(path)
+    if plainly:
+        raise CheckpointFormatError(
+            f"{path} {plainly}. Pass the .pth/.pth.tar file written by pretraining, the "
+            "reference MoCo release or torchvision."
+        )
     local = PathManager.get_local_path(path)
     if local.endswith(".pkl"):  # detectron2's format, what the converter writes
         obj = _plain_pickle(local)
@@ -143,6 +153,14 @@ def _unwrap(obj: Any, fmt: str, where: str) -> tuple[str, Mapping[str, torch.Ten
             f"{where}: already a converted detectron2 file; use it as MODEL.WEIGHTS directly. "
             "The converter, kNN and linear evaluation read the checkpoint it was converted "
             "from (a pretraining last.pth, a MoCo release .pth.tar or a torchvision .pth)."
+        )
+    model = obj.get("model")
+    if isinstance(model, Mapping) and any(str(k).startswith(DETECTOR_ROOTS) for k in model):
+        raise CheckpointFormatError(
+            f"{where}: a whole detectron2 detector checkpoint (model_*.pth of a detection run), "
+            "not an encoder. The converter, kNN and linear evaluation read the pretraining "
+            "checkpoint the detector started from; to evaluate this detector: moco-detect "
+            f"--config-file <its config> --eval-only MODEL.WEIGHTS {where}"
         )
     tag = obj.get("format")
     if fmt in ("auto", "moco-detectron2") and isinstance(tag, str):

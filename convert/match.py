@@ -18,6 +18,7 @@ import torchvision
 
 from .converter import rename_to_torchvision
 from .formats import (
+    DETECTOR_ROOTS,
     PRETRAIN_FORMAT_TAG,
     CheckpointFormatError,
     Extracted,
@@ -43,7 +44,6 @@ __all__ = [
 _D2_BACKBONE = re.compile(
     r"^(?:backbone\.(?:bottom_up\.)?|roi_heads\.)?((?:stem|res\d)\.(?!norm\.).+)$"
 )
-_DETECTOR_ROOTS = ("backbone.", "roi_heads.", "proposal_generator.")
 _BN_COUNTER = "num_batches_tracked"  # BN's step counter: no weight, never converted
 
 
@@ -176,7 +176,7 @@ def identify(obj: Any) -> Identity:
     d2_kind = None
     if isinstance(model, Mapping) and "__author__" in obj:
         d2_kind = "converted"
-    elif isinstance(model, Mapping) and any(str(k).startswith(_DETECTOR_ROOTS) for k in model):
+    elif isinstance(model, Mapping) and any(str(k).startswith(DETECTOR_ROOTS) for k in model):
         d2_kind = "detector"
     if d2_kind:
         names = detectron2_backbone_names(model)

@@ -12,11 +12,16 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 from common.cli import at_least
+from common.errors import entry_point
 
 from .pipeline import run_demo
 from .presets import PRESETS, default_preset_name
 
 
+@entry_point(
+    output="--output-dir",
+    interrupted="rerun the same command: finished stages and trials are kept",
+)
 def main(argv=None) -> int:
     """Parse arguments, run the demo, print the report. Returns 0, or 1 when ``--strict`` and
     a claim does not hold."""

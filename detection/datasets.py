@@ -229,6 +229,41 @@ def register_from_config(cfg):
     return names
 
 
+def _root_setting(cfg, name):
+    """The setting that chose the root of the VOC-format set ``name`` (for messages)."""
+    if cfg.TRANSFER.VOC_LIKE_ROOT and name.startswith(cfg.TRANSFER.VOC_LIKE_PREFIX + "_"):
+        return "TRANSFER.VOC_LIKE_ROOT"
+    if cfg.TRANSFER.VOC_ROOT:
+        return "TRANSFER.VOC_ROOT"
+    return "DETECTRON2_DATASETS"
+
+
+def voc_root_hint(cfg, names):
+    """One line naming the setting to change when the year folder (``VOC2007/``) of a VOC-format
+    set in ``names`` is missing: a root one level too deep (a year folder itself), an unset
+    ``DETECTRON2_DATASETS``, or a root without the year folders. Returns "" when every year
+    folder is there."""
+    for name in names:
+        dirname = MetadataCatalog.get(name).get("dirname", None) if name in DatasetCatalog else None
+        if not dirname or os.path.isdir(dirname):
+            continue
+        root, key = os.path.dirname(os.path.normpath(dirname)), _root_setting(cfg, name)
+        want = "the folder holding VOC2007/ and VOC2012/"
+        if os.path.isdir(os.path.join(root, "ImageSets")):
+            return (
+                f"{key}={root!r} is itself a VOC year folder (it holds ImageSets/): set {key} to "
+                f"its parent {os.path.dirname(root) or '.'!r}, {want}."
+            )
+        if key == "DETECTRON2_DATASETS" and "DETECTRON2_DATASETS" not in os.environ:
+            return (
+                f"DETECTRON2_DATASETS is not set, so the VOC sets are read from {root!r} "
+                f"({os.path.abspath(root)}), which lacks {os.path.basename(dirname)}/: export "
+                f"DETECTRON2_DATASETS=<{want}>, or set TRANSFER.VOC_ROOT."
+            )
+        return f"{key}={root!r} lacks {os.path.basename(dirname)}/: set {key} to {want}."
+    return ""
+
+
 def check_datasets(cfg, workers=None):
     """Check every VOC-format data set of ``DATASETS.TRAIN`` and ``DATASETS.TEST`` up front.
 
@@ -285,7 +320,12 @@ def check_datasets(cfg, workers=None):
             )
         counts[name] = len(scan.dicts)
     if problems:
-        raise VOCAnnotationError(format_problems(problems, f"the data sets {train + test}"))
+        message = format_problems(problems, f"the data sets {train + test}")
+        hint = voc_root_hint(cfg, train + test) or (
+            "Fix the files listed above (or drop those images from ImageSets/Main/<split>.txt), "
+            "then rerun the same command."
+        )
+        raise VOCAnnotationError(f"{message}\n{hint}")
     if counts:
         logger.info(
             "Checked %d images of %s in %.1fs: no problems",

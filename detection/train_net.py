@@ -40,8 +40,9 @@ from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils.logger import setup_logger
 
+from common.errors import entry_point
 from common.io import atomic_write, atomic_write_json
-from common.launch import check_launch_args, launch_from_args
+from common.launch import check_device, check_launch_args, launch_from_args
 from common.locks import hold_output_dir
 from common.runconfig import diff_lines, flatten_config, refuse_changes
 
@@ -341,6 +342,10 @@ def run(args):
     return results
 
 
+@entry_point(
+    output="OUTPUT_DIR",
+    interrupted="rerun the same command with --resume to continue from the last checkpoint",
+)
 def main(argv=None):
     """Command-line entry point (``moco-detect``): parse ``argv`` and launch :func:`run` on
     ``--num-gpus`` processes per machine, holding ``OUTPUT_DIR/run.lock`` in this launching
@@ -349,8 +354,9 @@ def main(argv=None):
     parser = default_argument_parser()
     args = parser.parse_args(argv)
     check_launch_args(parser, args)
-    output_dir = load_cfg(args.config_file, args.opts).OUTPUT_DIR
-    with hold_output_dir(output_dir, enabled=args.machine_rank == 0):
+    cfg = load_cfg(args.config_file, args.opts)
+    check_device(cfg.MODEL.DEVICE, args.num_gpus)
+    with hold_output_dir(cfg.OUTPUT_DIR, enabled=args.machine_rank == 0):
         launch_from_args(run, args)
 
 

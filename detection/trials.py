@@ -44,6 +44,7 @@ import torch
 from detectron2.utils.logger import setup_logger
 
 from common.cli import above, at_least
+from common.errors import entry_point
 from common.io import atomic_write_json
 from common.locks import HEARTBEAT_S, STALE_LOCK_S, LockHeldError, OutputLock
 from common.runconfig import ChangedRunError, diff_lines, flatten_config
@@ -540,6 +541,10 @@ def build_parser():
     return p
 
 
+@entry_point(
+    output="--output-dir",
+    interrupted="rerun the same command: finished trials are kept, the others resume",
+)
 def main(argv=None):
     """Command-line entry point (``moco-trials``). Returns the exit status: 0 when every trial
     finished, 1 when one failed twice (no summary is written when none finished), 2 when nothing

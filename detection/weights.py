@@ -79,8 +79,9 @@ def check_init(cfg, eval_only=False, resuming=False, weights=None):
             "baseline with TRANSFER.INIT random."
         )
     if weights and "://" not in weights and not os.path.isfile(weights):
+        what = "is a folder" if os.path.isdir(weights) else "does not exist"
         raise WeightsMismatchError(
-            f"MODEL.WEIGHTS {weights} does not exist. Pass a converted backbone "
+            f"MODEL.WEIGHTS {weights} {what}. Pass a converted backbone "
             f"({_CONVERT_HINT}) or a detector's model_*.pth."
         )
 

@@ -18,6 +18,8 @@ import torch.nn as nn
 from detectron2.utils.logger import setup_logger
 
 from common.cli import above, at_least
+from common.errors import entry_point
+from common.files import split_root_problem
 from convert import LoadReport, load_resnet50, torchvision_backbone_names
 from pretrain.builder import build_encoder_factory
 from pretrain.checkpoint import ForeignCheckpointError, load_moco
@@ -37,6 +39,12 @@ __all__ = [
 logger = logging.getLogger("evaluation.knn")  # also when run as __main__
 
 
+_CHOICES = (
+    "pass --checkpoint a pretraining checkpoint (OUTPUT_DIR/last.pth or checkpoint_NNNN.pth), "
+    "a MoCo release .pth.tar or a torchvision ResNet-50 .pth, or use --random-init"
+)
+
+
 def load_encoder(path: str) -> nn.Module:
     """The encoder of the weights file ``path``: the query encoder of a pretraining checkpoint
     (the torchvision ResNet it was trained as, loaded strictly), else the ResNet-50 of any file
@@ -45,7 +53,7 @@ def load_encoder(path: str) -> nn.Module:
     ``.pkl`` included: it is read by detection, not here)."""
     if not path.endswith(".pkl"):  # a .pkl is detectron2's format, never a pretraining file
         try:
-            model, ckpt = load_moco(path)
+            model, ckpt = load_moco(path, choices=_CHOICES)
         except ForeignCheckpointError:
             pass  # another layout: read below
         else:
@@ -96,11 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@entry_point(interrupted="nothing was written; rerun the same command")
 def main(argv=None) -> dict:
     """CLI: weighted kNN top-1 of a pretraining checkpoint (or random init) on an ImageFolder."""
     args = build_parser().parse_args(argv)
     setup_logger(name="evaluation")
-    device = select_device(args.device)
+    device = select_device(args.device, key="--device")
+    problem = split_root_problem(args.data)
+    if problem:
+        raise FileNotFoundError(problem)
     encoder = _load_encoder(args).to(device)
     acc = knn_accuracy(
         encoder,

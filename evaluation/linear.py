@@ -32,8 +32,10 @@ from detectron2.utils.file_io import PathManager
 from torch.utils.data import DataLoader, DistributedSampler
 
 from common.cli import above, at_least
+from common.errors import entry_point
+from common.files import split_root_problem
 from common.io import atomic_write
-from common.launch import add_launch_args, check_launch_args, launch_from_args
+from common.launch import add_launch_args, check_device, check_launch_args, launch_from_args
 from common.locks import hold_output_dir
 from common.runconfig import diff_lines, refuse_changes
 from convert import FORMATS, load_resnet50
@@ -309,7 +311,9 @@ def _resume(args, head, optimizer, key: str) -> int:
 def run(args) -> dict:
     """One process of the linear evaluation; returns the results dict (also results.json)."""
     world, rank = comm.get_world_size(), comm.get_rank()
-    device = select_device(args.device)  # on CUDA: this process's GPU (set by launch)
+    device = select_device(
+        args.device, key="--device"
+    )  # on CUDA: this process's GPU (set by launch)
     PathManager.mkdirs(args.output_dir)
     for name in ("evaluation", "convert"):
         setup_named_logger(args.output_dir, distributed_rank=rank, name=name)
@@ -401,6 +405,10 @@ def run(args) -> dict:
     return _finish(args, {**result, "top1": top1, "top5": top5})
 
 
+@entry_point(
+    output="--output-dir",
+    interrupted="rerun the same command to resume from <output-dir>/last.pth",
+)
 def main(argv=None) -> dict | None:
     """CLI entry point: parse, then run on every process (detectron2 ``launch``), holding
     ``<output-dir>/run.lock`` in this launching process (first machine only): a second command
@@ -408,6 +416,10 @@ def main(argv=None) -> dict | None:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_launch_args(parser, args)
+    check_device(args.device, args.num_gpus, key="--device")
+    problem = split_root_problem(args.data)
+    if problem:
+        raise FileNotFoundError(problem)
     with hold_output_dir(args.output_dir, enabled=args.machine_rank == 0):
         return launch_from_args(run, args)
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 from detectron2.utils.file_io import PathManager  # iopath, with detectron2's handlers
 
+from common.files import not_a_weights_file
 from common.io import atomic_write
 from common.runconfig import diff_lines, flatten_config, refuse_changes
 
@@ -145,14 +146,19 @@ _CHOICES = (
 )
 
 
-def load_checkpoint(path: str) -> dict:
+def load_checkpoint(path: str, choices: str = _CHOICES) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` onto the CPU.
 
     Raises FileNotFoundError for a missing file and :class:`CheckpointError` naming ``path``
-    and the choices for an empty, truncated or corrupt file or one of another format.
+    and ``choices`` (what the user can do instead; default: the resume options) for a folder, a
+    text file, an empty, truncated or corrupt file, or :class:`ForeignCheckpointError` for one
+    of another format.
     """
     if not PathManager.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist; check --resume / OUTPUT_DIR")
+    plainly = not_a_weights_file(path)
+    if plainly and not plainly.startswith("is empty"):
+        raise CheckpointError(f"checkpoint {path!r} {plainly}; {choices}")
     try:
         with PathManager.open(path, "rb") as f:
             # weights_only=False: the file holds numpy RNG state and a YAML string, from our runs
@@ -162,25 +168,27 @@ def load_checkpoint(path: str) -> dict:
         what = "is empty (0 bytes)" if size == 0 else "is truncated or corrupt"
         raise CheckpointError(
             f"checkpoint {path!r} {what} and cannot be read ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); {_CHOICES}"
+            f"{str(e).splitlines()[0] if str(e) else ''}); {choices}"
         ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ForeignCheckpointError(
-            f"{path!r} is not a {FORMAT} checkpoint (format={fmt!r}); "
-            "reference-release files must be converted or loaded with strict key mapping"
+            f"{path!r} is not a checkpoint of this project's pretraining (format tag {fmt!r}, "
+            f"not {FORMAT!r}): --resume continues a run from its OUTPUT_DIR/last.pth or "
+            "checkpoint_NNNN.pth. Other files (a MoCo release, a torchvision or detectron2 "
+            "file) start no run here: pass the pretraining checkpoint, or drop --resume"
         )
     return ckpt
 
 
-def load_moco(path: str) -> Tuple[nn.Module, dict]:
+def load_moco(path: str, choices: str = _CHOICES) -> Tuple[nn.Module, dict]:
     """The MoCo model of a pretraining checkpoint, built from the config stored in it.
 
     Input: a file written by :func:`save_checkpoint`. Output: ``(model, ckpt)`` with the model
     on the CPU, weights loaded strictly, and the checkpoint dict (``epoch``, ``cfg``...).
-    Raises as :func:`load_checkpoint`.
+    Raises as :func:`load_checkpoint` (``choices`` as there).
     """
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, choices)
     cfg = get_pretrain_cfg()
     cfg.merge_from_other_cfg(cfg.load_cfg(ckpt["cfg"]))
     model = build_moco(cfg)

@@ -30,8 +30,16 @@ from detectron2.utils import comm
 from detectron2.utils.events import EventStorage, JSONWriter, TensorboardXWriter
 
 from common.cli import at_least
+from common.errors import entry_point
+from common.files import class_root_problem
 from common.io import atomic_write
-from common.launch import add_launch_args, check_launch_args, launch_from_args, run_then_close
+from common.launch import (
+    add_launch_args,
+    check_device,
+    check_launch_args,
+    launch_from_args,
+    run_then_close,
+)
 from common.locks import hold_output_dir
 
 from .augment import BatchedMocoAug
@@ -114,6 +122,11 @@ def _check_inputs(cfg, world: int) -> None:
                 f"{key}={path!r} is not a directory; give a labelled "
                 "ImageFolder root or leave both kNN keys empty"
             )
+    for key in ("DATA.TRAIN", "DATA.KNN_TRAIN", "DATA.KNN_VAL"):
+        path = cfg.DATA[key.split(".")[1]]
+        problem = path and os.path.isdir(path) and class_root_problem(path, key)
+        if problem:  # train/ and val/ would become two classes and mix the splits
+            raise ValueError(problem)
     per_proc = cfg.SOLVER.BATCH_SIZE // world
     what = f"per-process batch {per_proc} (SOLVER.BATCH_SIZE / {world} processes)"
     check_key_bn_splits(per_proc, cfg.MODEL.KEY_BN_SPLITS, what)
@@ -322,6 +335,11 @@ def run(args) -> dict:
     )
 
 
+@entry_point(
+    output="OUTPUT_DIR",
+    interrupted="rerun the same command to resume from OUTPUT_DIR/last.pth (the epoch in "
+    "progress is redone)",
+)
 def main(argv=None) -> None:
     """Console script ``moco-pretrain``: torchrun-aware launch of :func:`run`, or with
     ``--slurm`` its submission as a SLURM job (:mod:`pretrain.slurm`).
@@ -337,12 +355,13 @@ def main(argv=None) -> None:
     if args.slurm:  # one task per GPU on --num-machines nodes; requeued jobs resume
         submit_pretraining(args)
         return
-    output_dir = load_cfg(args.config_file, args.opts).OUTPUT_DIR  # also fails early on typos
+    cfg = load_cfg(args.config_file, args.opts)  # also fails early on typos
     if maybe_init_from_env():  # torchrun already started one process per GPU
-        with hold_output_dir(output_dir, enabled=comm.get_rank() == 0):
+        with hold_output_dir(cfg.OUTPUT_DIR, enabled=comm.get_rank() == 0):
             run_then_close(run, args)
         return
-    with hold_output_dir(output_dir, enabled=args.machine_rank == 0):
+    check_device(cfg.MODEL.DEVICE, args.num_gpus)
+    with hold_output_dir(cfg.OUTPUT_DIR, enabled=args.machine_rank == 0):
         launch_from_args(run, args)
 
 

@@ -7,6 +7,7 @@ import json
 import time
 
 from common.cli import at_least
+from common.errors import entry_point
 
 from .classification import CLS_CLASSES, make_classification
 from .coco import make_coco
@@ -61,6 +62,7 @@ def _add_image_args(parser):
     parser.add_argument("--max-objects", type=at_least(1), default=4)
 
 
+@entry_point(output="ROOT", interrupted="the set is incomplete; rerun the same command")
 def main(argv=None) -> dict:
     """Parse ``argv`` (default: sys.argv), generate the data set, print and return its summary."""
     kwargs = vars(build_parser().parse_args(argv))

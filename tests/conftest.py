@@ -222,3 +222,20 @@ def one_writer_check(lock_holder, capsys, caplog, monkeypatch):
         assert [owner["pid"] for owner in seen] == [os.getpid()] and not os.path.exists(lock)
 
     return check
+
+
+@pytest.fixture
+def cli_error(capsys):
+    """``cli_error(main, argv)``: run the console entry point ``main(argv)``, which must stop
+    with an exit status (``common.errors.entry_point``); return ``(status, last, err)``: the
+    status, the last line it printed to stderr (what the user reads last) and all of stderr."""
+
+    def run(main, argv):
+        capsys.readouterr()  # only this command's output
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        return exit_info.value.code, lines[-1] if lines else "", err
+
+    return run
