@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import io
 import logging
 import multiprocessing
 import os
@@ -136,11 +137,28 @@ def _space(folder: str) -> str:
     return f" ({usage.free / gib:.1f} GiB free of {usage.total / gib:.1f} GiB)"
 
 
+def _file_being_written(exc: BaseException) -> str | None:
+    """The name of a file opened for writing in the innermost frame of ``exc``'s traceback that
+    holds one (``with open(path, "w") as f: f.write(...)``: the write error has no file name)."""
+    frames, tb = [], exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in list(frame.f_locals.values()):
+            mode = getattr(value, "mode", "")
+            name = getattr(value, "name", None)
+            if isinstance(value, io.IOBase) and isinstance(name, str) and isinstance(mode, str):
+                if any(c in mode for c in "wax+"):
+                    return name
+    return None
+
+
 def _os_error(exc: OSError, output: str) -> Report:
     """The report of an OSError, from its errno and file name(s); ``output`` names the setting
     that chooses where the command writes (e.g. ``OUTPUT_DIR``)."""
     path = exc.filename if exc.filename is not None else exc.filename2
-    path = os.fsdecode(path) if path is not None else None
+    path = os.fsdecode(path) if path is not None else _file_being_written(exc)
     shown = path or "the file being written"
     folder = _existing_folder(path) if path else os.getcwd()
     elsewhere = f"set {output} to a folder on another disk" if output else "write elsewhere"
