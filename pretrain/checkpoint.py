@@ -40,9 +40,14 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: unreadable, not ours, unhealthy or mismatched."""
 
 
-class ForeignCheckpointError(CheckpointError):
+class ForeignCheckpointError(CheckpointError, ValueError):
     """A readable file that is not a pretraining checkpoint of this project (e.g. a torchvision
-    or MoCo release file, which ``convert.load_backbone`` reads)."""
+    or MoCo release file, which ``convert.load_backbone`` reads). A ValueError too: the user
+    gave the wrong file (exit status 2, ``common.errors``)."""
+
+
+class NotACheckpointError(CheckpointError, ValueError):
+    """A path that plainly holds no checkpoint: a folder, a text file (a YAML config)."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -158,7 +163,7 @@ def load_checkpoint(path: str, choices: str = _CHOICES) -> dict:
         raise FileNotFoundError(f"checkpoint {path!r} does not exist; check --resume / OUTPUT_DIR")
     plainly = not_a_weights_file(path)
     if plainly and not plainly.startswith("is empty"):
-        raise CheckpointError(f"checkpoint {path!r} {plainly}; {choices}")
+        raise NotACheckpointError(f"checkpoint {path!r} {plainly}; {choices}")
     try:
         with PathManager.open(path, "rb") as f:
             # weights_only=False: the file holds numpy RNG state and a YAML string, from our runs

@@ -225,10 +225,14 @@ def one_writer_check(lock_holder, capsys, caplog, monkeypatch):
 
 
 @pytest.fixture
-def cli_error(capsys):
+def cli_error(capsys, monkeypatch):
     """``cli_error(main, argv)``: run the console entry point ``main(argv)``, which must stop
     with an exit status (``common.errors.entry_point``); return ``(status, last, err)``: the
     status, the last line it printed to stderr (what the user reads last) and all of stderr."""
+    # detectron2's setup_logger caches its console handlers, bound to the sys.stdout of the test
+    # that first asked; logging them after that test's capture closed prints "Logging error"
+    # on stderr, which a real command never meets.
+    monkeypatch.setattr(logging, "raiseExceptions", False)
 
     def run(main, argv):
         capsys.readouterr()  # only this command's output
