@@ -168,6 +168,10 @@ def load_checkpoint(path: str, choices: str = _CHOICES) -> dict:
         with PathManager.open(path, "rb") as f:
             # weights_only=False: the file holds numpy RNG state and a YAML string, from our runs
             ckpt = torch.load(f, map_location="cpu", weights_only=False)
+    except OSError as e:  # the disk failed (EIO, ESTALE ...): not a corrupt file
+        if e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, path) from e
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
         size = os.path.getsize(path) if os.path.isfile(path) else -1
         what = "is empty (0 bytes)" if size == 0 else "is truncated or corrupt"
