@@ -1,6 +1,7 @@
-"""Command lines of the probes (tests/test_probes_*.py): the shipped tiny configs with the
-few overrides that make a pretraining or detection command run in seconds on generated data.
-A module, not conftest, so that every probe file imports the same ones."""
+"""Command lines for tests that run an entry point's ``main(argv)`` (the probes in
+tests/test_probes_*.py and others): the shipped tiny configs with the few overrides that make a
+pretraining or detection command run in seconds on generated data. A module, not conftest, so
+that tests in any folder import the same ones."""
 
 import os
 

@@ -8,7 +8,8 @@ of a dead one is taken over. (Free keys resume bit for bit: tests/pretrain/test_
 
 import pytest
 import torch
-from moco_helpers import TINY_CONFIG, tiny_train_cfg
+from moco_helpers import tiny_train_cfg
+from probe_cmds import pretrain_argv
 
 import pretrain.train_net as train_net
 from common.runconfig import ChangedRunError
@@ -79,26 +80,6 @@ def test_another_number_of_iterations_per_epoch_is_refused():
         check_same_run(ckpt, cfg, "last.pth", iters_per_epoch=4)
 
 
-def _main_argv(root, out):
-    opts = {
-        "DATA.TRAIN": root / "train",
-        "DATA.KNN_TRAIN": "",
-        "DATA.KNN_VAL": "",
-        "OUTPUT_DIR": out,
-        "MODEL.ARCH": "resnet18",
-        "MODEL.WIDTH_PER_GROUP": 0,
-        "MODEL.K": 24,
-        "INPUT.SIZE": 32,
-        "INPUT.PIPELINE": "batched",
-        "SOLVER.BATCH_SIZE": 8,
-        "SOLVER.EPOCHS": 1,
-        "SOLVER.MAX_ITERS_PER_EPOCH": 1,
-        "DATA.NUM_WORKERS": 0,
-        "CPU_THREADS": 1,
-    }
-    return ["--config-file", TINY_CONFIG] + [x for kv in opts.items() for x in map(str, kv)]
-
-
 def test_a_second_run_on_one_output_dir_is_refused(synthetic_cls_root, tmp_path, one_writer_check):
     out = tmp_path / "run"
-    one_writer_check(main, _main_argv(synthetic_cls_root, out), str(out), train_net)
+    one_writer_check(main, pretrain_argv(synthetic_cls_root / "train", out), str(out), train_net)
