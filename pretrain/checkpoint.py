@@ -6,6 +6,7 @@ Format (docs/architecture.md): ``{"model", "optimizer", "optimizer_type", "scale
 What survives what is listed in docs/reliability.md.
 """
 
+import errno
 import glob
 import logging
 import math
@@ -151,6 +152,21 @@ _CHOICES = (
 )
 
 
+# Errors of reading that say the disk or the system failed, not the file: reported as such
+# (common.errors) instead of calling a healthy checkpoint corrupt.
+_READ_FAILURES = {errno.EIO, errno.ESTALE, errno.EACCES, errno.EPERM, errno.ENOMEM, errno.EMFILE}
+
+
+def _unreadable(path: str, e: Exception, choices: str) -> CheckpointError:
+    """The error for a checkpoint ``path`` that torch could not read (``e``)."""
+    size = os.path.getsize(path) if os.path.isfile(path) else -1
+    what = "is empty (0 bytes)" if size == 0 else "is truncated or corrupt"
+    return CheckpointError(
+        f"checkpoint {path!r} {what} and cannot be read ({type(e).__name__}: "
+        f"{str(e).splitlines()[0] if str(e) else ''}); {choices}"
+    )
+
+
 def load_checkpoint(path: str, choices: str = _CHOICES) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` onto the CPU.
 
@@ -168,17 +184,12 @@ def load_checkpoint(path: str, choices: str = _CHOICES) -> dict:
         with PathManager.open(path, "rb") as f:
             # weights_only=False: the file holds numpy RNG state and a YAML string, from our runs
             ckpt = torch.load(f, map_location="cpu", weights_only=False)
-    except OSError as e:  # the disk failed (EIO, ESTALE ...): not a corrupt file
-        if e.errno is None:
-            raise
-        raise OSError(e.errno, e.strerror, path) from e
+    except OSError as e:
+        if e.errno not in _READ_FAILURES:  # torch reports a truncated zip as EINVAL, etc.
+            raise _unreadable(path, e, choices) from e
+        raise OSError(e.errno, e.strerror, path) from e  # the disk failed, not the file
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
-        size = os.path.getsize(path) if os.path.isfile(path) else -1
-        what = "is empty (0 bytes)" if size == 0 else "is truncated or corrupt"
-        raise CheckpointError(
-            f"checkpoint {path!r} {what} and cannot be read ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); {choices}"
-        ) from e
+        raise _unreadable(path, e, choices) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ForeignCheckpointError(
