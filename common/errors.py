@@ -30,6 +30,7 @@ import io
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import sys
 import traceback
@@ -56,6 +57,8 @@ PROJECT_PACKAGES = ("common", "pretrain", "convert", "detection", "evaluation", 
 # Raised by project code, these are programming errors, not messages for the user.
 _BUG_TYPES = (AssertionError, AttributeError, NameError, TypeError, IndexError, NotImplementedError)
 _WORKER_MARK = "common.errors.WorkerError: [exit status "
+# torch's zip writer (torch.save) after a failed write; the OSError's errno is lost
+_TORCH_WRITE_FAILED = ("PytorchStreamWriter failed", "unexpected pos", "file write failed")
 _CUDA_MISSING = (
     "Found no NVIDIA driver",
     "Torch not compiled with CUDA enabled",
@@ -240,6 +243,42 @@ def _os_error(exc: OSError, output: str) -> Report:
     return Report(_error(f"{shown}: {reason}. Check the path and its disk."), FAILURE)
 
 
+def _file_limit() -> str:
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    except (ImportError, OSError, ValueError):
+        return ""
+    return "" if soft == resource.RLIM_INFINITY else f" (ulimit -f is {soft} bytes)"
+
+
+def _write_error(exc: BaseException, output: str) -> Report | None:
+    """torch's zip writer reports a failed write (a full disk, a file size limit) as a
+    RuntimeError without the errno; name the file it was writing and the likely causes."""
+    text = _message(exc)
+    if not isinstance(exc, RuntimeError):
+        return None
+    wrapped = re.match(r"\[Errno (\d+)\] (.*)", text)
+    if wrapped:  # torch passed on the OSError of a write as its text
+        code, reason = int(wrapped.group(1)), wrapped.group(2).strip()
+        return _os_error(OSError(code, reason, _file_being_written(exc)), output)
+    if not any(m in text for m in _TORCH_WRITE_FAILED):
+        return None
+    path = _file_being_written(exc)
+    folder = _existing_folder(path) if path else os.getcwd()
+    elsewhere = f"set {output} to a folder on another disk" if output else "write elsewhere"
+    first = text.strip().splitlines()[0]
+    return Report(
+        _error(
+            f"writing {path or 'a file'} failed ({first}): the disk holding {folder} is full"
+            f"{_space(folder)}, or the file size limit{_file_limit()} was reached. Free space "
+            f"there or raise the limit (ulimit -f unlimited), or {elsewhere}."
+        ),
+        FAILURE,
+    )
+
+
 def _yaml_error(exc: BaseException) -> Report | None:
     yaml = sys.modules.get("yaml")
     if yaml is None or not isinstance(exc, yaml.MarkedYAMLError):
@@ -336,6 +375,9 @@ def describe(exc: BaseException, output: str = "", interrupted: str = "") -> Rep
         report = special(exc)
         if report is not None:
             return report
+    report = _write_error(exc, output)
+    if report is not None:
+        return report
     if isinstance(exc, OSError) and exc.errno is not None:
         return _os_error(exc, output)
     if isinstance(exc, MemoryError):

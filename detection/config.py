@@ -224,6 +224,33 @@ def resolve_single_process(cfg, world_size):
     return notes
 
 
+def validate_schedule(cfg):
+    """Refuse a step schedule fvcore's MultiStepParamScheduler would reject at iteration 0 with
+    "Total num_updates must be greater than length of param schedule" or "Milestone must be
+    smaller than total number of updates": ``SOLVER.STEPS`` (those up to ``SOLVER.MAX_ITER``;
+    detectron2 drops larger ones with a warning) must rise strictly within 1..MAX_ITER-1.
+    Raises ValueError naming both keys and a schedule that works; returns None."""
+    if cfg.SOLVER.LR_SCHEDULER_NAME != "WarmupMultiStepLR":
+        return
+    max_iter, steps = cfg.SOLVER.MAX_ITER, list(cfg.SOLVER.STEPS)
+    kept = [s for s in steps if s <= max_iter]
+    rising = all(a < b for a, b in zip(kept, kept[1:]))
+    if max_iter >= 1 and rising and all(1 <= s < max_iter for s in kept):
+        return
+    if max_iter < 1:
+        raise ValueError(f"SOLVER.MAX_ITER must be >= 1 (the iterations to train), got {max_iter}")
+    if max_iter < 2:
+        raise ValueError(
+            f"SOLVER.STEPS {tuple(steps)} does not fit SOLVER.MAX_ITER {max_iter}: no iteration "
+            'is left for an lr step. Set SOLVER.STEPS "()", or raise SOLVER.MAX_ITER.'
+        )
+    raise ValueError(
+        f"SOLVER.STEPS {tuple(steps)} does not fit SOLVER.MAX_ITER {max_iter}: the lr steps must "
+        f"rise strictly and lie in 1..{max_iter - 1}. Set e.g. SOLVER.STEPS "
+        f'"({max(int(max_iter * 0.75), 1)},)", or raise SOLVER.MAX_ITER.'
+    )
+
+
 def validate_speed_options(cfg):
     """Check the ``TRANSFER`` speed options and say which are no-ops on this device.
 

@@ -52,6 +52,7 @@ from .config import (
     SGD_IMPLS,
     load_cfg,
     resolve_single_process,
+    validate_schedule,
     validate_speed_options,
 )
 from .datasets import check_datasets, register_from_config
@@ -293,6 +294,8 @@ def setup(args):
     cfg = load_cfg(args.config_file, args.opts)
     notes = resolve_single_process(cfg, comm.get_world_size())
     cfg.freeze()
+    if not args.eval_only:
+        validate_schedule(cfg)  # fvcore would refuse it at iteration 0, after the data scan
     if args.resume and not args.eval_only:
         check_resume_config(cfg)  # before default_setup rewrites config.yaml
     default_setup(cfg, args)  # logger, seed (SEED + rank), config.yaml in OUTPUT_DIR

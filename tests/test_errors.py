@@ -63,6 +63,29 @@ def test_a_write_error_without_a_file_name_names_the_open_file(tmp_path):
     assert f"while writing {target}" in report.text and "set ROOT" in report.text, report.text
 
 
+@pytest.mark.parametrize(
+    "message, words",
+    [
+        ("[Errno 28] No space left on device", "no space left on the device holding"),
+        ("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598", "is full"),
+    ],
+    ids=["errno in the text", "zip writer position"],
+)
+def test_torchs_write_failures_name_the_file(tmp_path, message, words):
+    """torch.save hands a failed write on as a RuntimeError: the errno only as text, or not at
+    all ("unexpected pos" after a short write)."""
+    target = tmp_path / "model_final.pth"
+    with pytest.raises(RuntimeError) as err:
+        with open(target, "wb") as f:  # as detectron2's checkpointer writes
+            f.write(b"PK")
+            raise RuntimeError(message)
+    report = describe(err.value, output="OUTPUT_DIR")
+    assert report.status == FAILURE and words in report.text, report.text
+    assert str(target) in report.text and "set OUTPUT_DIR to a folder on another disk" in (
+        report.text
+    )
+
+
 def test_yaml_and_cuda_errors_name_the_file_and_the_switch(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("MODEL:\n  K: [1, 2\n")

@@ -6,7 +6,7 @@ faults")."""
 import os
 
 import pytest
-from probe_cmds import DETECT_CONFIG, PRETRAIN_CONFIG
+from probe_cmds import DETECT_CONFIG, PRETRAIN_CONFIG, detect_argv
 
 from detection.train_net import main as detect_main
 from detection.trials import main as trials_main
@@ -106,3 +106,16 @@ def test_typo_in_a_detection_override(here, cli_error):
         "error: unknown config key 'SOLVER.MAX_ITR' in the command-line overrides; did you mean "
         "SOLVER.MAX_ITER"
     ), last
+
+
+def test_lr_steps_that_do_not_fit_the_schedule(tmp_path, cli_error, synthetic_voc_root):
+    """fvcore refused it at iteration 0, after the data scan, with "Total num_updates must be
+    greater than length of param schedule"."""
+    argv = detect_argv(synthetic_voc_root, tmp_path, SOLVER__MAX_ITER=1, SOLVER__STEPS="(0,)")
+    status, last, err = cli_error(detect_main, argv)
+    assert status == 2 and "Traceback" not in err, err
+    assert last == (
+        "error: SOLVER.STEPS (0,) does not fit SOLVER.MAX_ITER 1: no iteration is left for an lr "
+        'step. Set SOLVER.STEPS "()", or raise SOLVER.MAX_ITER.'
+    )
+    assert not (tmp_path / "model_final.pth").exists()

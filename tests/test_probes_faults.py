@@ -15,12 +15,13 @@ import time
 import pytest
 import torch
 from checkpoint_files import make_resnet50
-from probe_cmds import REPO, pretrain_argv
+from probe_cmds import REPO, detect_argv, pretrain_argv
 
 import convert.converter
 import pretrain.train_net
 from convert.__main__ import main as convert_main
 from demo.__main__ import main as demo_main
+from detection.train_net import main as detect_main
 from detection.trials import main as trials_main
 from evaluation.knn import main as knn_main
 from pretrain.train_net import main as pretrain_main
@@ -101,6 +102,23 @@ def test_file_size_limit_while_converting(tmp_path, cli_error, r50):
         "a folder on another disk."
     )
     assert os.listdir(tmp_path) == []
+
+
+def test_file_size_limit_while_detection_saves(tmp_path, cli_error, synthetic_voc_root):
+    """detectron2's checkpointer writes model_final.pth in place (not atomically) with
+    torch.save; the real limit stops it after 4 MB."""
+    argv = detect_argv(synthetic_voc_root, tmp_path, SOLVER__MAX_ITER=2, SOLVER__STEPS="(1,)")
+    before = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, before[1]))
+    try:
+        status, last, _ = cli_error(detect_main, argv + ["TEST.EVAL_PERIOD", "0"])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, before)
+    assert status == 1 and last.startswith(
+        f"error: {tmp_path / 'model_final.pth'} grew past the largest file allowed here"
+    ), last
+    assert last.endswith("or set OUTPUT_DIR to a folder on another disk.")
+    assert "run.lock" not in os.listdir(tmp_path)
 
 
 def test_read_only_output_folder(tmp_path, cli_error, monkeypatch, r50):
