@@ -90,6 +90,8 @@ class Result:
             cut = text.rfind(
                 "Traceback (most recent call last)", 0, text.rfind("KeyboardInterrupt")
             )
+            if "interrupted (Ctrl-C)" in text:  # the commands' own line for the interrupt
+                cut = text.rfind("interrupted (Ctrl-C)")
             last = last_error_line(text[:cut] if cut >= 0 else text)
             return f"timed out after {self.seconds:.0f} s; last line: {last}"
         return f"exit status {self.rc}: {last_error_line(self.log_text())}"
@@ -101,16 +103,19 @@ def row(section, name, status, detail="", value="", target="", shortfall="", **e
                 target=target, shortfall=shortfall, **extra)  # fmt: skip
 
 
-# an exception or a killed process first; else a line saying something failed
+# the commands' own last line (common.errors), an exception or a killed process; else a line
+# saying something failed
 _ERRORS = (
+    re.compile(r"^error: "),
     re.compile(r"(Error|Exception|Killed|No such file)"),
     re.compile(r"(error:|FAILED|failed)"),
 )
 
 
 def last_error_line(text):
-    """The last line of ``text`` that names an exception (else the last that says something
-    failed, else its last non-empty line), shortened to 240 characters."""
+    """The last ``error: ...`` line of ``text`` (what every command prints last when it stops),
+    else the last that names an exception, else the last that says something failed, else its
+    last non-empty line; shortened to 240 characters."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for pattern in _ERRORS:
         for line in reversed(lines):

@@ -159,6 +159,8 @@ def test_last_error_line_prefers_the_error_over_later_noise():
     assert check_runner.last_error_line("all\nfine\n") == "fine"
     runner_log = "ValueError: schedule too short\n| 0 | 0 | failed | - |\n"
     assert check_runner.last_error_line(runner_log) == "ValueError: schedule too short"
+    ours = "Traceback ...\nValueError: x\nerror: SOLVER.STEPS (0,) does not fit\nlogging Error\n"
+    assert check_runner.last_error_line(ours) == "error: SOLVER.STEPS (0,) does not fit"
 
 
 def test_only_keeps_the_stages_needed(load_benchmark):
