@@ -4,7 +4,9 @@ Each stops before it trains or writes, with exit status 2 and a last line that n
 or key, says what it is, and gives the path or command to use instead."""
 
 import os
+import pickle
 
+import numpy as np
 import pytest
 import torch
 from checkpoint_files import make_resnet50
@@ -61,6 +63,16 @@ def test_knn_refuses_a_detector_checkpoint(cli_error, wrong, synthetic_cls_root)
     argv = ["--checkpoint", wrong["detector"], "--data", str(synthetic_cls_root)]
     last = _refused(cli_error, knn_main, argv + ["--device", "cpu"])
     assert f"{wrong['detector']}: a whole detectron2 detector checkpoint" in last, last
+
+
+def test_knn_refuses_a_converted_pkl(tmp_path, cli_error, synthetic_cls_root):
+    path = tmp_path / "r50_moco.pkl"  # what moco-convert writes, for MODEL.WEIGHTS
+    body = {"stem.conv1.weight": np.zeros((4, 3, 7, 7), dtype=np.float32)}
+    path.write_bytes(pickle.dumps({"model": body, "__author__": "x", "matching_heuristics": True}))
+    argv = ["--checkpoint", str(path), "--data", str(synthetic_cls_root), "--device", "cpu"]
+    last = _refused(cli_error, knn_main, argv)
+    assert last.startswith(f"error: {path}: already a converted detectron2 file; use it as ")
+    assert last.endswith("(a pretraining last.pth, a MoCo release .pth.tar or a torchvision .pth).")
 
 
 def test_convert_refuses_a_yaml_config(tmp_path, cli_error, wrong):
