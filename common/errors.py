@@ -54,8 +54,9 @@ DEBUG_ENV = "MOCO_DEBUG"  # MOCO_DEBUG=1: every error also prints its traceback 
 # The project's top-level packages (setup.py): an exception raised in their code carries a
 # message written for the user.
 PROJECT_PACKAGES = ("common", "pretrain", "convert", "detection", "evaluation", "synthetic", "demo")
-# Raised by project code, these are programming errors, not messages for the user.
-_BUG_TYPES = (AssertionError, AttributeError, NameError, TypeError, IndexError, NotImplementedError)
+# Raised by project code, these are programming errors, not messages for the user (so is a
+# KeyError whose message is a bare key rather than a sentence).
+_BUG_TYPES = (AssertionError, AttributeError, NameError, TypeError, IndexError, ZeroDivisionError)
 _WORKER_MARK = "common.errors.WorkerError: [exit status "
 # torch's zip writer (torch.save) after a failed write; the OSError's errno is lost
 _TORCH_WRITE_FAILED = ("PytorchStreamWriter failed", "unexpected pos", "file write failed")
@@ -66,7 +67,6 @@ _CUDA_MISSING = (
     "CUDA driver initialization failed",
     "invalid device ordinal",
 )
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -384,7 +384,15 @@ def describe(exc: BaseException, output: str = "", interrupted: str = "") -> Rep
         return Report(
             _error("out of memory (RAM). Lower the batch size or the data loader workers."), FAILURE
         )
-    if _project_raised(exc) and not isinstance(exc, _BUG_TYPES):
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        text = (
+            f"the Python package {exc.name!r} is not installed for {sys.executable}. Install "
+            "the project's requirements there (make install, or pip install -e .), or run with "
+            "the Python that has them (.venv/bin/python)."
+        )
+        return Report(_error(text), FAILURE)
+    bare_key = isinstance(exc, KeyError) and " " not in _message(exc)
+    if _project_raised(exc) and not isinstance(exc, _BUG_TYPES) and not bare_key:
         mistake = isinstance(exc, (ValueError, LookupError, OSError))
         return Report(_error(_message(exc)), USER_MISTAKE if mistake else FAILURE)
     text = f"{type(exc).__name__}: {_message(exc)}".strip()

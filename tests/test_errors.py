@@ -145,6 +145,33 @@ def test_project_messages_are_kept_and_library_errors_show_their_traceback(
         handler.close()
 
 
+def _raised_in(module, statement):
+    """The exception of ``statement`` run as code of ``module`` (its innermost frame)."""
+    try:
+        exec(compile(statement, f"{module}.py", "exec"), {"__name__": module})
+    except Exception as e:  # noqa: BLE001 - returned for the test to describe
+        return e
+    raise AssertionError("no exception")
+
+
+@pytest.mark.parametrize(
+    "module, statement, text, status, expected",
+    [
+        ("detection.fake", "raise NotImplementedError('no evaluator for x')", "no evaluator", 1, 1),
+        ("detection.fake", "raise KeyError('unknown reference r; choose from [a]')", "unkno", 2, 1),
+        ("detection.fake", "{}['SOLVER']", "KeyError: SOLVER", 1, 0),  # a bug: traceback too
+        ("detection.fake", "assert False, 'ranks differ'", "AssertionError: ranks differ", 1, 0),
+        ("somelib.core", "raise ValueError('bad value')", "ValueError: bad value", 1, 0),
+        ("somelib.core", "import no_such_package_here", "'no_such_package_here' is not ", 1, 1),
+    ],
+    ids=["project message", "project KeyError sentence", "bare key", "assert", "library", "import"],
+)
+def test_who_raised_decides_between_a_message_and_a_bug(module, statement, text, status, expected):
+    report = describe(_raised_in(module, statement))
+    assert report.text.startswith("error: ") and text in report.text, report.text
+    assert (report.status, report.expected) == (status, bool(expected)), report
+
+
 def test_console_scripts_exit_0_on_success_and_130_on_ctrl_c(capsys):
     @entry_point(interrupted="rerun to resume")
     def command(argv=None):
