@@ -439,9 +439,12 @@ def _print_report(exc: BaseException, report: Report) -> None:
         sys.stdout.flush()  # earlier output first: the report must be the last line
     except Exception:  # noqa: BLE001 - a closed or full stdout must not hide the report
         pass
-    if not report.expected or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
-        traceback.print_exception(exc, file=sys.stderr)
-    print(report.text, file=sys.stderr, flush=True)
+    try:
+        if not report.expected or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            traceback.print_exception(exc, file=sys.stderr)
+        print(report.text, file=sys.stderr, flush=True)
+    except OSError:  # stderr closed (a pipe whose reader left): the exit status still tells
+        pass
 
 
 def _in_spawned_worker() -> bool:
