@@ -215,7 +215,8 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
         )
     # INPUT.PIPELINE "device": the loader yields file bytes; decode + augment on `device`
     if cfg.INPUT.PIPELINE == "device":
-        ctx.batched_aug = DeviceInput(ctx.batched_aug, device)
+        ctx.batched_aug = DeviceInput(ctx.batched_aug, device, cfg.INPUT.JPEG_DECODER)
+        logger.info("INPUT.PIPELINE device: JPEGs decoded by %s", ctx.batched_aug.decoder_name)
     if comm.is_main_process():
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         ctx.writers = [
