@@ -85,6 +85,10 @@ def read_image_bytes(path: str) -> bytes:
     return data
 
 
+class _Undefined(ValueError):
+    """Pixels whose meaning as 8-bit RGB the file does not define."""
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """A loaded PIL image of any mode -> its 8-bit RGB picture (see the module doc)."""
     mode = img.mode
@@ -94,7 +98,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return img.convert("RGB")
     if mode in ("I", "F"):
         what = "32-bit integer" if mode == "I" else "floating-point"
-        raise ValueError(
+        raise _Undefined(
             f"{what} pixels (PIL mode {mode}) have no defined 0-255 range; save the image as "
             "8-bit (or 16-bit PNG) RGB or greyscale"
         )
@@ -126,23 +130,28 @@ def read_rgb(
     """
     if data is None:
         data = read_image_bytes(path)
+    if not data:
+        raise UnreadableImage(path, "empty file (0 bytes)")
+    stage = "not an image file PIL recognises, or its header is cut short"
     try:
-        if not data:
-            raise ValueError("empty file (0 bytes)")
         with Image.open(io.BytesIO(data)) as img:
+            stage = f"{img.format} image data cut short or corrupt"
             if draft and img.format == "JPEG":
                 img.draft("RGB", draft)
             img.load()  # the whole file: PIL raises on truncated data
+            stage = f"{img.format} image in PIL mode {img.mode} not converted to RGB"
             img = ImageOps.exif_transpose(img)
             rgb = _to_rgb(img)
-        if min(rgb.size) < 1:
-            raise ValueError(f"image has no pixels ({rgb.size[0]}x{rgb.size[1]})")
-        return rgb
+    except _Undefined as e:
+        raise UnreadableImage(path, str(e)) from e
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
-        reason = f"{type(e).__name__}: {e}" if not isinstance(e, ValueError) else str(e)
-        if type(e).__name__ == "UnidentifiedImageError":
-            reason = "not an image file PIL recognises"
-        raise UnreadableImage(path, reason) from e
+        detail = (
+            "" if type(e).__name__ == "UnidentifiedImageError" else f" ({type(e).__name__}: {e})"
+        )
+        raise UnreadableImage(path, stage + detail) from e
+    if min(rgb.size) < 1:
+        raise UnreadableImage(path, f"image has no pixels ({rgb.size[0]}x{rgb.size[1]})")
+    return rgb
 
 
 def _entries(folder: str, problems: List[str]) -> List[os.DirEntry]:

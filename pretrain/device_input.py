@@ -4,9 +4,10 @@ Loader workers only read file bytes and JPEG headers (:class:`pretrain.data.TwoV
 with ``read_bytes=True``, :func:`pretrain.data.jpeg_header`). Here, in the training process, a
 batch's JPEGs are decoded in one call of TorchCodec's ``decode_jpeg`` where it is installed,
 else torchvision's (batched nvJPEG on CUDA; libjpeg-turbo on the CPU), EXIF orientation
-applied (:func:`jpeg_decoder`, ``INPUT.JPEG_DECODER``). Each view is a RandomResizedCrop of the full-resolution image (torchvision's box
-distribution, :func:`pretrain.augment.sample_crop_boxes`, drawn on the CPU), resized to SxS
-with ``roi_align`` per group of equally sized images, then the batched colour stage of
+applied (:func:`jpeg_decoder`, ``INPUT.JPEG_DECODER``). Each view is a RandomResizedCrop of
+the full-resolution image (torchvision's box distribution,
+:func:`pretrain.augment.sample_crop_boxes`, drawn on the CPU), resized to SxS with
+``roi_align`` per group of equally sized images, then the batched colour stage of
 :class:`pretrain.augment.BatchedMocoAug`. Nothing waits for the device, so the whole stage can
 run ahead of the training step (:mod:`pretrain.prefetch`).
 
@@ -31,7 +32,6 @@ from .config import JPEG_DECODERS
 from .data import JpegHeader, jpeg_header
 
 logger = logging.getLogger(__name__)
-
 
 
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:

@@ -43,7 +43,7 @@ from .data import build_train_dataset, build_train_loader, sample_seed
 from .device_input import DeviceInput
 from .distributed import maybe_init_from_env, select_device
 from .engine import LoopContext, ProgressPrinter, loss_limit, train_one_epoch
-from .knn import knn_accuracy
+from .knn import knn_sets, knn_top1
 from .logs import setup_named_logger
 
 logger = logging.getLogger("pretrain.train_net")  # also when run as __main__
@@ -92,32 +92,44 @@ def _warn_queue_size(cfg, n_images: int) -> None:
         )
 
 
-def _check_inputs(cfg, world: int) -> None:
-    """Fail before training, naming the key, on inputs that would fail later."""
-    for key in ("DATA.KNN_TRAIN", "DATA.KNN_VAL"):
-        path = cfg.DATA[key.split(".")[1]]
-        if path and not os.path.isdir(path):
-            raise FileNotFoundError(
-                f"{key}={path!r} is not a directory; give a labelled "
-                "ImageFolder root or leave both kNN keys empty"
-            )
+def _check_inputs(cfg, world: int):
+    """Fail before training, naming the key, on inputs that would fail later.
+
+    Returns the kNN monitor's two sets (:func:`pretrain.knn.knn_sets`, listed and compared
+    now, so a missing folder or mismatched classes stop the run before epoch 1), or None.
+    """
     per_proc = cfg.SOLVER.BATCH_SIZE // world
     what = f"per-process batch {per_proc} (SOLVER.BATCH_SIZE / {world} processes)"
     check_key_bn_splits(per_proc, cfg.MODEL.KEY_BN_SPLITS, what)
-
-
-def _knn(cfg, model, ctx, storage, epoch: int) -> float:
-    acc = knn_accuracy(
-        unwrap(model).encoder_q,
+    if not cfg.DATA.KNN_TRAIN:
+        return None
+    return knn_sets(
         cfg.DATA.KNN_TRAIN,
         cfg.DATA.KNN_VAL,
-        size=cfg.TEST.KNN_SIZE or cfg.INPUT.SIZE,
-        batch_size=max(cfg.SOLVER.BATCH_SIZE // comm.get_world_size(), 1),
-        workers=cfg.DATA.NUM_WORKERS,
-        k=cfg.TEST.KNN_K,
-        T=cfg.TEST.KNN_T,
-        device=ctx.device,
+        cfg.TEST.KNN_SIZE or cfg.INPUT.SIZE,
+        keys=("DATA.KNN_TRAIN", "DATA.KNN_VAL"),
     )
+
+
+def _knn(cfg, knn_data, model, ctx, storage, epoch: int) -> float:
+    """The kNN monitor after ``epoch``'s checkpoint; a failure names that checkpoint."""
+    try:
+        acc = knn_top1(
+            unwrap(model).encoder_q,
+            *knn_data,
+            batch_size=max(cfg.SOLVER.BATCH_SIZE // comm.get_world_size(), 1),
+            workers=cfg.DATA.NUM_WORKERS,
+            k=cfg.TEST.KNN_K,
+            T=cfg.TEST.KNN_T,
+            device=ctx.device,
+        )
+    except Exception as e:
+        raise RuntimeError(
+            f"The kNN monitor (DATA.KNN_TRAIN / DATA.KNN_VAL) failed after epoch {epoch}, "
+            f"whose checkpoint {ctx.last_good} is written, so rerunning resumes from epoch "
+            f"{epoch + 1}; set TEST.KNN_PERIOD 0 to train without the monitor. "
+            f"{type(e).__name__}: {e}"
+        ) from e
     storage.put_scalar("knn_top1", acc * 100, smoothing_hint=False)
     logger.info("Epoch %d: kNN top-1 %.2f%%", epoch, acc * 100)
     return acc
@@ -161,7 +173,7 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
     device = select_device(cfg.MODEL.DEVICE)
     if device.type == "cpu" and cfg.CPU_THREADS:
         torch.set_num_threads(cfg.CPU_THREADS)
-    _check_inputs(cfg, world)
+    knn_data = _check_inputs(cfg, world)
     dataset = build_train_dataset(cfg)
     _warn_queue_size(cfg, len(dataset))
     loader, sampler = build_train_loader(dataset, cfg, world, rank, device.type == "cuda")
@@ -239,14 +251,6 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
             sampler.set_epoch(epoch)
             train_one_epoch(model, loader, optimizer, scaler, epoch, cfg, ctx)
             done = epoch + 1
-            if (
-                cfg.DATA.KNN_TRAIN
-                and cfg.TEST.KNN_PERIOD
-                and (done % cfg.TEST.KNN_PERIOD == 0 or done == cfg.SOLVER.EPOCHS)
-            ):
-                result["knn_top1"] = _knn(cfg, model, ctx, storage, done)
-            for w in ctx.writers:
-                w.write()
             # Every rank checks its own weights (identical under DDP) so that all of them stop
             # together instead of waiting for a main process that refused to save.
             problem = weights_problem(unwrap(model).state_dict())
@@ -262,6 +266,15 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs: in
                 if done % cfg.CHECKPOINT_PERIOD == 0 or done == cfg.SOLVER.EPOCHS:
                     save_checkpoint(os.path.join(cfg.OUTPUT_DIR, checkpoint_name(done)), *args)
             ctx.last_good = os.path.join(cfg.OUTPUT_DIR, LAST)
+            # The monitor runs after the checkpoint: whatever happens to it, the epoch is kept.
+            if (
+                knn_data
+                and cfg.TEST.KNN_PERIOD
+                and (done % cfg.TEST.KNN_PERIOD == 0 or done == cfg.SOLVER.EPOCHS)
+            ):
+                result["knn_top1"] = _knn(cfg, knn_data, model, ctx, storage, done)
+            for w in ctx.writers:
+                w.write()
             comm.synchronize()
             result.update(epoch=done, iteration=ctx.iteration)
     for w in ctx.writers:

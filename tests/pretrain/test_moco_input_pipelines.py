@@ -16,8 +16,7 @@ from torchvision.datasets import ImageFolder
 
 from pretrain.augment import BatchedMocoAug, sample_crop_boxes
 from pretrain.config import load_cfg
-from pretrain.data import TwoViewDataset, collate_encoded, list_images, skipped_indices
-from pretrain.data import jpeg_header
+from pretrain.data import TwoViewDataset, collate_encoded, jpeg_header, list_images, skipped_indices
 from pretrain.device_input import DeviceInput
 from pretrain.train_net import train
 
