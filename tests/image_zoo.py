@@ -34,6 +34,17 @@ class ZooFile(NamedTuple):
     lossy: bool = False
 
 
+def assert_picture(got: np.ndarray, zoo_file: ZooFile, name: str) -> None:
+    """``got`` is the zoo file's expected picture: exactly, or within JPEG error when lossy."""
+    want = zoo_file.expected
+    assert got.dtype == np.uint8 and got.shape == want.shape, (name, got.shape, want.shape)
+    diff = np.abs(got.astype(int) - want.astype(int))
+    if zoo_file.lossy:
+        assert diff.mean() < 3.0, (name, diff.mean())
+    else:
+        assert diff.max() == 0, (name, diff.max())
+
+
 def gradient(h: int = H, w: int = W) -> np.ndarray:
     """A smooth colour picture (JPEG keeps it within a few grey levels), no two rows alike."""
     y, x = np.mgrid[0:h, 0:w]

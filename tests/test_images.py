@@ -7,24 +7,13 @@ import socket
 import numpy as np
 import pytest
 import torch
-from image_zoo import gradient, oriented, with_orientation, write_zoo
+from image_zoo import assert_picture, gradient, oriented, with_orientation, write_zoo
 from PIL import Image
 
 from common import images
 from common.images import UnreadableImage, read_rgb, scan_image_folder
 from pretrain.data import jpeg_header
 from pretrain.device_input import jpeg_decoder, orient
-
-
-def assert_picture(got: np.ndarray, zoo_file, name: str) -> None:
-    """``got`` is the zoo file's expected picture: exactly, or within JPEG error when lossy."""
-    want = zoo_file.expected
-    assert got.dtype == np.uint8 and got.shape == want.shape, (name, got.shape, want.shape)
-    diff = np.abs(got.astype(int) - want.astype(int))
-    if zoo_file.lossy:
-        assert diff.mean() < 3.0, (name, diff.mean())
-    else:
-        assert diff.max() == 0, (name, diff.max())
 
 
 def test_reading_rule_gives_the_right_picture_or_names_the_file(tmp_path):
