@@ -109,20 +109,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img if mode == "RGB" else img.convert("RGB")
 
 
-def read_rgb(
-    path: str, data: Optional[bytes] = None, draft: Optional[Tuple[int, int]] = None
-) -> Image.Image:
+def read_rgb(path: str, data: Optional[bytes] = None) -> Image.Image:
     """The 8-bit RGB picture of an image file, by the project's one reading rule.
 
     Args:
         path: the file (read through iopath unless ``data`` is given; named in errors).
         data: the file's bytes, when the caller has read them already.
-        draft: for JPEGs only, decode at a reduced scale no smaller than this (w, h) (PIL's
-            ``draft``: libjpeg still reads every coded byte, so truncation is still found);
-            for checks that need readability and size, not pixels.
 
     Returns:
-        an RGB ``PIL.Image`` (EXIF orientation applied; size after rotation, unless ``draft``).
+        an RGB ``PIL.Image`` (EXIF orientation applied, so its size is the rotated one).
 
     Raises:
         UnreadableImage: naming ``path`` and what is wrong (empty, not an image, truncated or
@@ -136,8 +131,6 @@ def read_rgb(
     try:
         with Image.open(io.BytesIO(data)) as img:
             stage = f"{img.format} image data cut short or corrupt"
-            if draft and img.format == "JPEG":
-                img.draft("RGB", draft)
             img.load()  # the whole file: PIL raises on truncated data
             stage = f"{img.format} image in PIL mode {img.mode} not converted to RGB"
             img = ImageOps.exif_transpose(img)
