@@ -84,12 +84,14 @@ def jpeg_decoder(name: str = "auto") -> tuple:
     if name in ("auto", "torchcodec"):
         try:
             return "torchcodec", _torchcodec_decoder()
-        except ImportError as e:
+        except Exception as e:  # not installed, or built for another torch / CUDA (OSError)
             if name == "torchcodec":
                 raise ImportError(
                     f"INPUT.JPEG_DECODER torchcodec: TorchCodec does not import ({e}); "
-                    "pip install torchcodec (docs/install.md), or set INPUT.JPEG_DECODER auto"
+                    "install the build for this torch (docs/install.md), or set "
+                    "INPUT.JPEG_DECODER auto"
                 ) from e
+            logger.info("TorchCodec does not import (%s); JPEGs decoded by torchvision", e)
     return "torchvision", _torchvision_decoder()
 
 
