@@ -195,7 +195,7 @@ def bench_data(args, device, paths) -> dict:
         syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
         results["data/device host syncs"] = len(syncs)
     for name, work in (
-        ("data/device-decode", lambda b: dev_input.decode(b.files(), b.paths, b.components)),
+        ("data/device-decode", lambda b: dev_input.decode(b.files(), b.paths, b.headers)),
         ("data/device", lambda b: dev_input.views(b, gen, crop_gen)),
     ):
         _sync(device)
