@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from image_zoo import assert_picture, write_zoo
-from moco_helpers import tiny_train_cfg
+from moco_helpers import TWO_SHORT_EPOCHS, tiny_train_cfg
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -124,13 +124,9 @@ def _cfg(tmp_path, train, val, **opts):
         "batched",
         DATA__KNN_TRAIN=str(train),
         DATA__KNN_VAL=str(val),
-        DATA__NUM_WORKERS=0,
-        MODEL__K=16,
-        MODEL__MLP_HIDDEN_DIM=32,
-        MODEL__KEY_BN_SPLITS=2,
-        SOLVER__EPOCHS=2,
         TEST__KNN_PERIOD=1,
         TEST__KNN_SIZE=16,
+        **TWO_SHORT_EPOCHS,
         **opts,
     )
 

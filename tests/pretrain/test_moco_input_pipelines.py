@@ -11,7 +11,7 @@ import pytest
 import torch
 import torchvision.transforms as T
 from image_zoo import write_zoo
-from moco_helpers import tiny_train_cfg
+from moco_helpers import TWO_SHORT_EPOCHS, tiny_train_cfg
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
@@ -213,12 +213,8 @@ def _tiny_cfg(root, out, pipeline, **opts):
         out,
         pipeline,
         DATA__CACHE_DECODED=False,
-        DATA__NUM_WORKERS=0,
-        MODEL__MLP_HIDDEN_DIM=32,
-        MODEL__K=16,
-        MODEL__KEY_BN_SPLITS=2,
-        SOLVER__EPOCHS=2,
         CHECKPOINT_PERIOD=2,
+        **TWO_SHORT_EPOCHS,
         **opts,
     )
 
