@@ -93,7 +93,7 @@ def scan_processes(dirname, classes, workers):
     batches = [ids[i : i + voc_check._BATCH] for i in range(0, len(ids), voc_check._BATCH)]
     with concurrent.futures.ProcessPoolExecutor(workers) as pool:
         futures = [
-            pool.submit(voc_check._check_ids, dirname, b, index, False, True) for b in batches
+            pool.submit(voc_check._check_ids, dirname, b, index, False, set(b)) for b in batches
         ]
         return [r for f in futures for r in f.result()]
 

@@ -212,14 +212,15 @@ def _image_problem(jpg, width, height):
     return None
 
 
-def _check_ids(dirname, ids, index, for_evaluation, check_images):
-    """Check a batch of ids. Returns a list of (fileid, record, dict, problems, clipped)."""
+def _check_ids(dirname, ids, index, for_evaluation, decode):
+    """Check a batch of ids, decoding the images of the ids in ``decode`` (a set). Returns a
+    list of (fileid, record, dict, problems, clipped)."""
     out = []
     for fileid in ids:
         xml = os.path.join(dirname, "Annotations", fileid + ".xml")
         jpg = os.path.join(dirname, "JPEGImages", fileid + ".jpg")
         record, problems, clipped = _parse(xml, index, for_evaluation)
-        if check_images:
+        if fileid in decode:
             w, h = (record["width"], record["height"]) if record else (None, None)
             problem = _image_problem(jpg, w, h)
             if problem:
@@ -275,7 +276,9 @@ def default_workers():
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def scan_voc_split(dirname, split, classes, for_evaluation=False, check_images=True, workers=None):
+def scan_voc_split(
+    dirname, split, classes, for_evaluation=False, check_images=True, workers=None, shard=(0, 1)
+):
     """Check and load one VOC-format split; never raises for bad data, reports it instead.
 
     Args:
@@ -285,6 +288,8 @@ def scan_voc_split(dirname, split, classes, for_evaluation=False, check_images=T
         for_evaluation (bool): also require what the VOC evaluator reads (see module doc).
         check_images (bool): decode each image and check its size.
         workers (int or None): threads (None: :func:`default_workers`; 0 or 1: none).
+        shard (tuple): ``(i, n)``: decode only the images of every n-th id from the i-th, so
+            that n processes share the decoding (the XML files are all checked in each).
 
     Returns:
         SplitScan: ``dicts`` (detectron2 format, in list order; only for files without
@@ -297,7 +302,8 @@ def scan_voc_split(dirname, split, classes, for_evaluation=False, check_images=T
     index = {c: i for i, c in enumerate(classes)}
     batches = [ids[i : i + _BATCH] for i in range(0, len(ids), _BATCH)]
     workers = default_workers() if workers is None else workers
-    args = (index, for_evaluation, check_images)
+    rank, world = shard
+    args = (index, for_evaluation, set(ids[rank::world]) if check_images else set())
     if workers <= 1 or len(batches) <= 1:
         results = [_check_ids(dirname, b, *args) for b in batches]
     else:

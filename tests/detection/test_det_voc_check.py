@@ -228,3 +228,16 @@ def test_test_image_cut_short_after_its_header_stops_setup(tiny_voc_root, tmp_pa
     msg = str(err.value)
     assert msg.startswith("1 problem(s)")
     assert f"{jpg}: not a readable image (JPEG image data cut short or corrupt" in msg
+
+
+def test_processes_share_the_decoding(voc12, tmp_path):
+    """shard (i, n): each of n processes decodes every n-th image; together they find all."""
+    d = _copy(voc12, tmp_path)
+    ids = (d / "ImageSets/Main/trainval.txt").read_text().split()
+    for fileid in ids[:2]:  # two neighbours: one in each shard
+        jpg = d / "JPEGImages" / f"{fileid}.jpg"
+        jpg.write_bytes(jpg.read_bytes()[:200])
+    shares = [scan_voc_split(str(d), "trainval", CLASSES, shard=(i, 2)) for i in range(2)]
+    found = [[p.split(":")[0].rsplit("/", 1)[1] for p in s.problems] for s in shares]
+    assert found == [[f"{ids[0]}.jpg"], [f"{ids[1]}.jpg"]]
+    assert all(len(s.dicts) == len(ids) - 1 for s in shares)  # XML checked in both
