@@ -32,6 +32,7 @@ class LabelledImages(Dataset):
         self.root, self.transform, self.key = root, transform, key
         paths, self.targets, self.classes = scan_image_folder(root, key)
         self.samples = list(zip(paths, self.targets))
+        self._warned = set()  # files this process has named (epochs of one loader worker)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -41,7 +42,9 @@ class LabelledImages(Dataset):
         try:
             image = read_rgb(path)
         except UnreadableImage as e:
-            logger.warning("%s: skipping unreadable image %s", self.key, e)
+            if path not in self._warned:
+                self._warned.add(path)
+                logger.warning("%s: skipping unreadable image %s", self.key, e)
             return None, label, path
         return self.transform(image), label, ""
 
