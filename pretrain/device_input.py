@@ -51,7 +51,7 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
 
 
 def _torchcodec_decoder():
-    from torchcodec.decoders import decode_jpeg  # noqa: PLC0415 (optional dependency)
+    from torchcodec.decoders import decode_jpeg  # optional: imported only when chosen
 
     def decode(files, headers, device):  # EXIF orientation is always applied by TorchCodec
         return decode_jpeg(list(files), mode="RGB", device=device)
@@ -60,7 +60,7 @@ def _torchcodec_decoder():
 
 
 def _torchvision_decoder():
-    from torchvision.io import ImageReadMode, decode_jpeg  # noqa: PLC0415
+    from torchvision.io import ImageReadMode, decode_jpeg
 
     def decode(files, headers, device):
         # torchvision's CUDA decoder ignores apply_exif_orientation: orient here, everywhere
