@@ -25,6 +25,9 @@ setup(
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",
+        # the "device" pipeline's batched JPEG decoder (torchvision's is the fallback); its
+        # image decoders need no FFmpeg. No macOS wheel of 0.17: torchvision decodes there.
+        "torchcodec>=0.16; platform_system != 'Darwin'",
         "fvcore>=0.1.5",
         "iopath>=0.1.9",
         "pycocotools>=2.0.2",

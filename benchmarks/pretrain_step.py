@@ -221,7 +221,7 @@ def bench_data(args, device, paths, wanted=lambda name: True) -> dict:
         syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
         results["data/device host syncs"] = len(syncs)
     for name, work in (
-        ("data/device-decode", lambda b: dev_input.decode(b.files(), b.paths, b.components)),
+        ("data/device-decode", lambda b: dev_input.decode(b.files(), b.paths, b.headers)),
         ("data/device", lambda b: dev_input.views(b, gen, crop_gen)),
     ):
         if not wanted(name):

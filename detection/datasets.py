@@ -18,6 +18,7 @@ import time
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES
+from detectron2.utils import comm
 
 from .voc_check import (
     BORDER_TOLERANCE_PX,
@@ -56,10 +57,14 @@ class CheckedVOCLoader:
         self.dirname, self.split, self.classes = dirname, split, tuple(classes)
         self._scanned = None
 
-    def scan(self, for_evaluation=False, workers=None):
-        """Check the split; returns the :class:`detection.voc_check.SplitScan`. Without
-        problems, its dicts are what the next call returns."""
-        scan = scan_voc_split(self.dirname, self.split, self.classes, for_evaluation, True, workers)
+    def scan(self, for_evaluation=False, workers=None, shard=(0, 1)):
+        """Check the split (decoding the images of ``shard``, see
+        :func:`detection.voc_check.scan_voc_split`); returns the
+        :class:`detection.voc_check.SplitScan`. Without problems, its dicts are what the next
+        call returns."""
+        scan = scan_voc_split(
+            self.dirname, self.split, self.classes, for_evaluation, True, workers, shard
+        )
         self._scanned = None if scan.problems else scan.dicts
         return scan
 
@@ -268,11 +273,12 @@ def check_datasets(cfg, workers=None):
     """Check every VOC-format data set of ``DATASETS.TRAIN`` and ``DATASETS.TEST`` up front.
 
     Called by ``detection.train_net`` before the model is built (training and ``--eval-only``),
-    so a bad annotation or a missing image stops the run before iteration 0, not hours later
-    in the data loader or in the final evaluation. Sets whose ``evaluator_type`` is
-    ``"pascal_voc"`` are scanned (test sets with the evaluator's stricter needs); a VOC set
-    registered with another loader (e.g. detectron2's ``register_pascal_voc``) gets the checked
-    loader first. Others are left to their own loaders.
+    so a bad annotation or an unreadable image stops the run before iteration 0, not hours
+    later in the data loader or in the final evaluation. Every image is decoded, once: with
+    several processes each decodes its share and the problems are gathered to all. Sets whose
+    ``evaluator_type`` is ``"pascal_voc"`` are scanned (test sets with the evaluator's stricter
+    needs); a VOC set registered with another loader (e.g. detectron2's
+    ``register_pascal_voc``) gets the checked loader first. Others are left to their own loaders.
 
     Args:
         cfg (CfgNode): the config.
@@ -308,7 +314,8 @@ def check_datasets(cfg, workers=None):
             loader = CheckedVOCLoader(meta.dirname, meta.split, meta.thing_classes)
             DatasetCatalog.remove(name)
             DatasetCatalog.register(name, loader)
-        scan = loader.scan(for_evaluation=name in test, workers=workers)
+        # every process checks the XML; the images are decoded once, shared out among them
+        scan = loader.scan(name in test, workers, (comm.get_rank(), comm.get_world_size()))
         problems += scan.problems
         if scan.clipped:
             logger.warning(
@@ -319,6 +326,8 @@ def check_datasets(cfg, workers=None):
                 scan.clipped[0],
             )
         counts[name] = len(scan.dicts)
+    if comm.get_world_size() > 1:  # the same list, in the same order, in every process
+        problems = list(dict.fromkeys(p for part in comm.all_gather(problems) for p in part))
     if problems:
         message = format_problems(problems, f"the data sets {train + test}")
         hint = voc_root_hint(cfg, train + test) or (

@@ -124,6 +124,7 @@ def main(argv=None) -> dict:
         k=args.k,
         T=args.t,
         device=device,
+        keys=("--data train/", "--data val/"),
     )
     result = {"knn_top1": acc, "k": args.k, "T": args.t, "checkpoint": args.checkpoint or None}
     logger.info("kNN top-1: %.4f", acc)

@@ -41,7 +41,8 @@ from common.runconfig import diff_lines, refuse_changes
 from convert import FORMATS, load_resnet50
 from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from pretrain.distributed import select_device
-from pretrain.knn import backbone_features
+from pretrain.knn import backbone_features, readable_batches
+from pretrain.labelled import LabelledImages, SkipCounter, check_same_classes, collate_readable
 from pretrain.logs import setup_named_logger
 
 from .features import (
@@ -163,7 +164,11 @@ def check_backbone_unchanged(backbone: nn.Module, reference: dict[str, torch.Ten
 
 
 def build_loaders(args, world: int, rank: int):
-    """ImageFolder train (RandomResizedCrop + flip) and val (resize + center crop) loaders."""
+    """ImageFolder train (RandomResizedCrop + flip) and val (resize + center crop) loaders.
+
+    The sets are :class:`pretrain.labelled.LabelledImages`: batches are (images, labels,
+    skipped paths), unreadable files left out and named.
+    """
     train_tf = T.Compose(
         [
             T.RandomResizedCrop(args.crop_size),
@@ -172,11 +177,10 @@ def build_loaders(args, world: int, rank: int):
             T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
-    ImageFolder = torchvision.datasets.ImageFolder
-    train_set = ImageFolder(os.path.join(args.data, "train"), train_tf)
-    val_set = ImageFolder(os.path.join(args.data, "val"), eval_transform(args.crop_size))
-    if train_set.classes != val_set.classes:
-        raise ValueError(f"{args.data}: train/ and val/ class folders differ")
+    train_set = LabelledImages(os.path.join(args.data, "train"), train_tf, "--data train/")
+    val_tf = eval_transform(args.crop_size)
+    val_set = LabelledImages(os.path.join(args.data, "val"), val_tf, "--data val/")
+    check_same_classes(train_set, val_set)
     per_gpu = max(1, args.batch_size // world)
     loaders = []
     for ds, train in ((train_set, True), (val_set, False)):
@@ -189,16 +193,18 @@ def build_loaders(args, world: int, rank: int):
                 num_workers=args.workers,
                 drop_last=False,
                 persistent_workers=args.workers > 0,
+                collate_fn=collate_readable,
             )
         )
     return train_set, val_set, loaders[0], loaders[1]
 
 
-def train_one_epoch(backbone, head, loader, optimizer, device) -> float:
-    """One epoch of the head on frozen features; returns the mean loss on this process."""
+def train_one_epoch(backbone, head, loader, optimizer, device, skipped=None) -> float:
+    """One epoch of the head on frozen features; returns the mean loss on this process.
+    Unreadable files (see :func:`pretrain.knn.readable_batches`) go to ``skipped``."""
     backbone.eval()  # BN statistics of the backbone must never update
     total, count = 0.0, 0
-    for images, target in loader:
+    for images, target in readable_batches(loader, skipped):
         images, target = images.to(device), target.to(device)
         with torch.no_grad():
             feats = backbone_features(backbone, images)
@@ -211,15 +217,15 @@ def train_one_epoch(backbone, head, loader, optimizer, device) -> float:
 
 
 @torch.no_grad()
-def evaluate(backbone, head, loader, device) -> tuple[float, float]:
-    """1-crop top-1 / top-5 (0..1) over the val set, summed over all processes.
+def evaluate(backbone, head, loader, device, skipped=None) -> tuple[float, float]:
+    """1-crop top-1 / top-5 (0..1) over the readable val images, summed over all processes.
 
     With several processes, DistributedSampler pads the set to a multiple of the world size,
     so up to world-1 images count twice (as in the reference implementation).
     """
     backbone.eval()
     hits, n = torch.zeros(2), 0
-    for images, target in loader:
+    for images, target in readable_batches(loader, skipped):
         logits = head(backbone_features(backbone, images.to(device))).cpu()
         hits += torch.tensor(topk_accuracy(logits, target)) * target.numel()
         n += target.numel()
@@ -356,13 +362,15 @@ def run(args) -> dict:
 
     train_set, _, train_loader, val_loader = build_loaders(args, world, rank)
     with torch.no_grad():
-        dim = backbone_features(backbone, train_set[0][0][None].to(device)).shape[1]
+        probe = torch.zeros(1, 3, args.crop_size, args.crop_size, device=device)
+        dim = backbone_features(backbone, probe).shape[1]
     torch.manual_seed(args.seed)  # same head init on every process
     head = make_linear_head(dim, len(train_set.classes)).to(device)
     optimizer = torch.optim.SGD(
         head.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
     )
     start = _resume(args, head, optimizer, key)
+    skipped = {s: SkipCounter(f"--data {s}/") for s in ("train", "val")}
     # Only the head is wrapped: the frozen backbone has no gradients to synchronise.
     ddp_head = head
     if world > 1:
@@ -370,7 +378,8 @@ def run(args) -> dict:
         ddp_head = nn.parallel.DistributedDataParallel(head, device_ids=ids)
     result = {"mode": "full", **base}
     if args.evaluate:
-        top1, top5 = evaluate(backbone, head, val_loader, device)
+        top1, top5 = evaluate(backbone, head, val_loader, device, skipped["val"])
+        skipped["val"].report()
         check_backbone_unchanged(backbone, reference)
         return _finish(args, {**result, "epoch": start, "top1": top1, "top5": top5})
     writers = _writers(args)
@@ -381,8 +390,10 @@ def run(args) -> dict:
             lr = lr_at_epoch(epoch, args.lr, args.schedule)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            loss = train_one_epoch(backbone, ddp_head, train_loader, optimizer, device)
-            top1, top5 = evaluate(backbone, head, val_loader, device)
+            loss = train_one_epoch(
+                backbone, ddp_head, train_loader, optimizer, device, skipped["train"]
+            )
+            top1, top5 = evaluate(backbone, head, val_loader, device, skipped["val"])
             storage.iter = epoch + 1
             storage.put_scalars(lr=lr, train_loss=loss, top1=top1, top5=top5, smoothing_hint=False)
             for w in writers:
@@ -400,7 +411,9 @@ def run(args) -> dict:
     for w in writers:
         w.close()
     if start >= args.epochs:  # resumed a finished run: report its head
-        top1, top5 = evaluate(backbone, head, val_loader, device)
+        top1, top5 = evaluate(backbone, head, val_loader, device, skipped["val"])
+    for counter in skipped.values():
+        counter.report()
     check_backbone_unchanged(backbone, reference)
     return _finish(args, {**result, "top1": top1, "top5": top5})
 

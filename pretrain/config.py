@@ -9,6 +9,7 @@ from detectron2.config import CfgNode as CN
 from common.configs import merge_config
 
 PIPELINES = ("pil", "batched", "device")  # values of INPUT.PIPELINE
+JPEG_DECODERS = ("auto", "torchcodec", "torchvision")  # values of INPUT.JPEG_DECODER
 
 _C = CN()
 # detectron2's CfgNode only merges YAML files into configs of its latest version (2); every
@@ -57,6 +58,10 @@ _C.register_renamed_key(
     "INPUT.PIPELINE",
     message='INPUT.BATCHED_AUG True is now INPUT.PIPELINE "batched" (False: "pil")',
 )
+# Batched JPEG decoder of the "device" pipeline: "torchcodec" (TorchCodec's decode_jpeg, the
+# maintained one), "torchvision" (torchvision.io.decode_jpeg, deprecated in torchvision 0.29)
+# or "auto" (TorchCodec where it is installed, else torchvision). Both give the same pictures.
+_C.INPUT.JPEG_DECODER = "auto"
 _C.INPUT.LOAD_SIZE = 0  # square size images are decoded to for "batched"; 0 = 1.15 x SIZE
 # Batches whose views are prepared ahead of the step, in a background thread (on CUDA on its own
 # stream): the copy to the device and, for "batched" / "device", the work done in the training
@@ -264,6 +269,10 @@ def validate_cfg(cfg: CN) -> None:
         (
             cfg.INPUT.PIPELINE in PIPELINES,
             f"INPUT.PIPELINE={cfg.INPUT.PIPELINE!r}: use one of {', '.join(PIPELINES)}",
+        ),
+        (
+            cfg.INPUT.JPEG_DECODER in JPEG_DECODERS,
+            f"INPUT.JPEG_DECODER={cfg.INPUT.JPEG_DECODER!r}: use one of {', '.join(JPEG_DECODERS)}",
         ),
         (
             cfg.INPUT.PREFETCH >= -1,

@@ -60,7 +60,7 @@ from .data import build_train_dataset, build_train_loader, sample_seed
 from .device_input import DeviceInput
 from .distributed import maybe_init_from_env, select_device
 from .engine import LoopContext, ProgressPrinter, loss_limit, train_one_epoch
-from .knn import knn_accuracy
+from .knn import knn_sets, knn_top1
 from .logs import setup_named_logger
 from .slurm import add_args as add_slurm_args
 from .slurm import submit_pretraining
@@ -113,8 +113,12 @@ def _warn_queue_size(cfg, n_images: int) -> None:
         )
 
 
-def _check_inputs(cfg, world: int) -> None:
-    """Fail before training, naming the key, on inputs that would fail later."""
+def _check_inputs(cfg, world: int):
+    """Fail before training, naming the key, on inputs that would fail later.
+
+    Returns the kNN monitor's two sets (:func:`pretrain.knn.knn_sets`, listed and compared
+    now, so a missing folder or mismatched classes stop the run before epoch 1), or None.
+    """
     for key in ("DATA.KNN_TRAIN", "DATA.KNN_VAL"):
         path = cfg.DATA[key.split(".")[1]]
         if path and not os.path.isdir(path):
@@ -130,20 +134,35 @@ def _check_inputs(cfg, world: int) -> None:
     per_proc = cfg.SOLVER.BATCH_SIZE // world
     what = f"per-process batch {per_proc} (SOLVER.BATCH_SIZE / {world} processes)"
     check_key_bn_splits(per_proc, cfg.MODEL.KEY_BN_SPLITS, what)
-
-
-def _knn(cfg, model, ctx, storage, epoch: int) -> float:
-    acc = knn_accuracy(
-        unwrap(model).encoder_q,
+    if not cfg.DATA.KNN_TRAIN:
+        return None
+    return knn_sets(
         cfg.DATA.KNN_TRAIN,
         cfg.DATA.KNN_VAL,
-        size=cfg.TEST.KNN_SIZE or cfg.INPUT.SIZE,
-        batch_size=max(cfg.SOLVER.BATCH_SIZE // comm.get_world_size(), 1),
-        workers=cfg.DATA.NUM_WORKERS,
-        k=cfg.TEST.KNN_K,
-        T=cfg.TEST.KNN_T,
-        device=ctx.device,
+        cfg.TEST.KNN_SIZE or cfg.INPUT.SIZE,
+        keys=("DATA.KNN_TRAIN", "DATA.KNN_VAL"),
     )
+
+
+def _knn(cfg, knn_data, model, ctx, storage, epoch: int) -> float:
+    """The kNN monitor after ``epoch``'s checkpoint; a failure names that checkpoint."""
+    try:
+        acc = knn_top1(
+            unwrap(model).encoder_q,
+            *knn_data,
+            batch_size=max(cfg.SOLVER.BATCH_SIZE // comm.get_world_size(), 1),
+            workers=cfg.DATA.NUM_WORKERS,
+            k=cfg.TEST.KNN_K,
+            T=cfg.TEST.KNN_T,
+            device=ctx.device,
+        )
+    except Exception as e:
+        raise RuntimeError(
+            f"The kNN monitor (DATA.KNN_TRAIN / DATA.KNN_VAL) failed after epoch {epoch}, "
+            f"whose checkpoint {ctx.last_good} is written, so rerunning resumes from epoch "
+            f"{epoch + 1}; set TEST.KNN_PERIOD 0 to train without the monitor. "
+            f"{type(e).__name__}: {e}"
+        ) from e
     storage.put_scalar("knn_top1", acc * 100, smoothing_hint=False)
     logger.info("Epoch %d: kNN top-1 %.2f%%", epoch, acc * 100)
     return acc
@@ -189,7 +208,7 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs=Non
     device = select_device(cfg.MODEL.DEVICE)
     if device.type == "cpu" and cfg.CPU_THREADS:
         torch.set_num_threads(cfg.CPU_THREADS)
-    _check_inputs(cfg, world)
+    knn_data = _check_inputs(cfg, world)
     dataset = build_train_dataset(cfg)
     _warn_queue_size(cfg, len(dataset))
     loader, sampler = build_train_loader(dataset, cfg, world, rank, device.type == "cuda")
@@ -244,7 +263,8 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs=Non
         )
     # INPUT.PIPELINE "device": the loader yields file bytes; decode + augment on `device`
     if cfg.INPUT.PIPELINE == "device":
-        ctx.batched_aug = DeviceInput(ctx.batched_aug, device)
+        ctx.batched_aug = DeviceInput(ctx.batched_aug, device, cfg.INPUT.JPEG_DECODER)
+        logger.info("INPUT.PIPELINE device: JPEGs decoded by %s", ctx.batched_aug.decoder_name)
     if comm.is_main_process():
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
         ctx.writers = [
@@ -267,14 +287,6 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs=Non
             sampler.set_epoch(epoch)
             train_one_epoch(model, loader, optimizer, scaler, epoch, cfg, ctx)
             done = epoch + 1
-            if (
-                cfg.DATA.KNN_TRAIN
-                and cfg.TEST.KNN_PERIOD
-                and (done % cfg.TEST.KNN_PERIOD == 0 or done == cfg.SOLVER.EPOCHS)
-            ):
-                result["knn_top1"] = _knn(cfg, model, ctx, storage, done)
-            for w in ctx.writers:
-                w.write()
             # Every rank checks its own weights (identical under DDP) so that all of them stop
             # together instead of waiting for a main process that refused to save.
             problem = weights_problem(unwrap(model).state_dict())
@@ -290,6 +302,15 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs=Non
                 if done % cfg.CHECKPOINT_PERIOD == 0 or done == cfg.SOLVER.EPOCHS:
                     save_checkpoint(os.path.join(cfg.OUTPUT_DIR, checkpoint_name(done)), *args)
             ctx.last_good = os.path.join(cfg.OUTPUT_DIR, LAST)
+            # The monitor runs after the checkpoint: whatever happens to it, the epoch is kept.
+            if (
+                knn_data
+                and cfg.TEST.KNN_PERIOD
+                and (done % cfg.TEST.KNN_PERIOD == 0 or done == cfg.SOLVER.EPOCHS)
+            ):
+                result["knn_top1"] = _knn(cfg, knn_data, model, ctx, storage, done)
+            for w in ctx.writers:
+                w.write()
             comm.synchronize()
             result.update(epoch=done, iteration=ctx.iteration)
     for w in ctx.writers:

@@ -27,6 +27,16 @@ TINY_CONFIG = os.path.join(
 )
 
 
+# A smaller model and two epochs in one process, for tests that only need training to run.
+TWO_SHORT_EPOCHS = dict(
+    DATA__NUM_WORKERS=0,
+    MODEL__MLP_HIDDEN_DIM=32,
+    MODEL__K=16,
+    MODEL__KEY_BN_SPLITS=2,
+    SOLVER__EPOCHS=2,
+)
+
+
 def tiny_train_cfg(train_root, out, pipeline: str, **opts):
     """configs/pretrain/tiny_synthetic.yaml for a seconds-long CPU run on ``train_root``.
 
