@@ -179,6 +179,9 @@ FREE_KEYS = (
     "VERSION",
     "MODEL.DEVICE",
     "INPUT.PREFETCH",  # same numbers ahead of the step or in line (pretrain/prefetch.py)
+    # the same JPEG, the same random streams; the decoders differ by rounding only, and a node
+    # without TorchCodec must be able to continue a run started on one that has it
+    "INPUT.JPEG_DECODER",
     "DATA.TRAIN",
     "DATA.CACHE_DECODED",  # the same decoded squares, kept in memory
     "DATA.NUM_WORKERS",  # augmentation is seeded per sample, not per worker
