@@ -58,10 +58,11 @@ from pretrain.builder import (  # noqa: E402
     compile_encoders,
 )
 from pretrain.config import get_pretrain_cfg  # noqa: E402
-from pretrain.data import EncodedImage, LoadAsUint8, collate_encoded  # noqa: E402
-from pretrain.device_input import DeviceInput  # noqa: E402
+from pretrain.data import LoadAsUint8  # noqa: E402
+from pretrain.device_input import DeviceInput, EncodedImage, collate_encoded  # noqa: E402
 from pretrain.distributed import select_device  # noqa: E402
 from pretrain.train_net import build_optimizer  # noqa: E402
+from pretrain.views import ViewGenerators  # noqa: E402
 
 
 def _sync(device):
@@ -210,19 +211,19 @@ def bench_data(args, device, paths, wanted=lambda name: True) -> dict:
         collate_encoded([read(p) for p in paths[s : s + bs]])[0] for s in range(0, len(paths), bs)
     ]
     dev_input = DeviceInput(aug, device)
-    crop_gen = torch.Generator().manual_seed(0)
-    dev_input.views(encoded[0], gen, crop_gen)  # first call: decoder set-up
+    generators = ViewGenerators(colour=gen, crop=torch.Generator().manual_seed(0))
+    dev_input.views(encoded[0], generators)  # first call: decoder set-up
     if device.type == "cuda":  # ATen calls that make the host wait for the device, per batch
         torch.cuda.set_sync_debug_mode("warn")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            dev_input.views(encoded[0], gen, crop_gen)
+            dev_input.views(encoded[0], generators)
         torch.cuda.set_sync_debug_mode(0)
         syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
         results["data/device host syncs"] = len(syncs)
     for name, work in (
         ("data/device-decode", lambda b: dev_input.decode(b.files(), b.paths, b.headers)),
-        ("data/device", lambda b: dev_input.views(b, gen, crop_gen)),
+        ("data/device", lambda b: dev_input.views(b, generators)),
     ):
         if not wanted(name):
             continue

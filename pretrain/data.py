@@ -6,14 +6,13 @@ corrupt or unreadable image never stops a run: it is logged with its path, count
 replaced by the next readable image in the list (deterministically, so resumed runs see the same
 data). Which files were passed over travels with each sample, so the training loop can count
 distinct unreadable files across loader workers and epochs. For the "device" pipeline the
-dataset returns file bytes and decoding happens on the training device
-(:mod:`pretrain.device_input`).
+dataset returns file bytes, collated into one :class:`pretrain.device_input.EncodedBatch` per
+batch, and decoding happens on the training device (:mod:`pretrain.device_input`).
 """
 
-import io
 import logging
 import os
-from typing import List, NamedTuple, Sequence, Tuple
+from typing import List, Sequence
 
 import numpy as np
 import torch
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from common.images import UnreadableImage, read_image_bytes, read_rgb, scan_image_folder
 
 from .augment import TwoCropsTransform, moco_transform
+from .device_input import EncodedImage, collate_encoded
 
 logger = logging.getLogger(__name__)
 
@@ -150,74 +150,6 @@ def skipped_indices(skip: torch.Tensor, n_images: int) -> List[int]:
     ]
 
 
-class EncodedImage(NamedTuple):
-    """A file's undecoded bytes (1-D uint8 tensor) and its path (for log messages)."""
-
-    data: torch.Tensor
-    path: str
-
-
-class JpegHeader(NamedTuple):
-    """What the "device" pipeline needs to know of a file before decoding it (see
-    :func:`jpeg_header`): ``components`` (1 grey, 3 colour; 0 when the batched JPEG decoders
-    must not take the file) and the EXIF ``orientation`` (1-8, 1 = upright)."""
-
-    components: int
-    orientation: int
-
-
-def jpeg_header(data: torch.Tensor) -> JpegHeader:
-    """Read a file's JPEG header with PIL (no decoding); ``data`` is its bytes (1-D uint8 CPU).
-
-    ``components`` is 0 for anything but a complete 1- or 3-component JPEG: other formats, CMYK
-    and YCCK JPEGs (4 components), and JPEGs without the end-of-image marker near their end (a
-    file cut short, which a GPU decoder may turn into a half-grey picture instead of failing).
-    Such files are decoded on the CPU by the reading rule, which refuses truncated data.
-    """
-    raw = data.numpy().tobytes()
-    try:
-        with Image.open(io.BytesIO(raw)) as img:
-            if img.format != "JPEG":
-                return JpegHeader(0, 1)
-            components = len(img.getbands())
-            orientation = int(img.getexif().get(0x0112, 1) or 1)
-    except Exception:  # not an image PIL recognises, or a broken header
-        return JpegHeader(0, 1)
-    complete = b"\xff\xd9" in raw[-32:]  # EOI; a few bytes of padding after it are common
-    if components not in (1, 3) or not complete:
-        components = 0
-    return JpegHeader(components, orientation if 1 <= orientation <= 8 else 1)
-
-
-class EncodedBatch(NamedTuple):
-    """Undecoded files of a batch: all bytes in one flat uint8 tensor (one shared-memory
-    transfer from a loader worker instead of one per file), per-file ``sizes``, ``paths`` and
-    ``headers`` (:func:`jpeg_header`, read in the worker so the training process does not
-    scan headers)."""
-
-    flat: torch.Tensor
-    sizes: List[int]
-    paths: List[str]
-    headers: List[JpegHeader]
-
-    def files(self) -> List[torch.Tensor]:
-        """The per-file 1-D uint8 byte tensors (views into ``flat``)."""
-        return list(torch.split(self.flat, self.sizes))
-
-
-def collate_encoded(samples) -> Tuple[EncodedBatch, torch.Tensor]:
-    """DataLoader collate of ``(EncodedImage, skip)`` samples -> ``(EncodedBatch, Bx2 skip)``."""
-    images = [s[0] for s in samples]
-    flat = torch.cat([im.data for im in images])
-    batch = EncodedBatch(
-        flat,
-        [int(im.data.numel()) for im in images],
-        [im.path for im in images],
-        [jpeg_header(im.data) for im in images],
-    )
-    return batch, torch.stack([s[1] for s in samples])
-
-
 class LoadAsUint8:
     """PIL image -> uint8 tensor 3 x size x size (shorter side resized, center crop).
 
@@ -268,7 +200,9 @@ def build_train_dataset(cfg) -> TwoViewDataset:
 
 
 def build_train_loader(dataset, cfg, world_size: int, rank: int, pin_memory: bool):
-    """A drop_last loader over ``dataset`` with a DistributedSampler (seeded by SEED).
+    """A drop_last loader over ``dataset`` (:func:`build_train_dataset` of the same ``cfg``)
+    with a DistributedSampler (seeded by SEED); "device" batches are collated into
+    :class:`pretrain.device_input.EncodedBatch`.
 
     Returns (loader, sampler); call ``sampler.set_epoch(epoch)`` before each epoch. The
     per-process batch is SOLVER.BATCH_SIZE / world_size.
@@ -288,7 +222,7 @@ def build_train_loader(dataset, cfg, world_size: int, rank: int, pin_memory: boo
         dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.SEED, drop_last=True
     )
     workers = cfg.DATA.NUM_WORKERS
-    encoded = getattr(dataset, "read_bytes", False)
+    encoded = cfg.INPUT.PIPELINE == "device"  # the dataset yields file bytes
     loader = DataLoader(
         dataset,
         batch_size=per_proc,

@@ -1,7 +1,8 @@
 """The "device" input pipeline: JPEG bytes -> two augmented views, decoded on the training device.
 
 Loader workers only read file bytes and JPEG headers (:class:`pretrain.data.TwoViewDataset`
-with ``read_bytes=True``, :func:`pretrain.data.jpeg_header`). Here, in the training process, a
+with ``read_bytes=True``, :func:`jpeg_header`) and hand them over as one :class:`EncodedBatch`
+per batch (:func:`collate_encoded`). Here, in the training process, a
 batch's JPEGs are decoded in one call of TorchCodec's ``decode_jpeg`` where it is installed,
 else torchvision's (batched nvJPEG on CUDA; libjpeg-turbo on the CPU), EXIF orientation
 applied (:func:`jpeg_decoder`, ``INPUT.JPEG_DECODER``). Each view is a RandomResizedCrop of
@@ -17,21 +18,96 @@ the same as the other pipelines); a file it refuses is replaced by another image
 Both are counted and each file is named in the log once.
 """
 
+import io
 import logging
 import warnings
-from typing import List, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.ops import roi_align
 
 from common.images import read_rgb
 
 from .augment import BatchedMocoAug, sample_crop_boxes
 from .config import JPEG_DECODERS
-from .data import JpegHeader, jpeg_header
 
 logger = logging.getLogger(__name__)
+
+
+# --- What the loader workers hand over: undecoded files, their headers, whole batches.
+
+
+class EncodedImage(NamedTuple):
+    """A file's undecoded bytes (1-D uint8 tensor) and its path (for log messages)."""
+
+    data: torch.Tensor
+    path: str
+
+
+class JpegHeader(NamedTuple):
+    """What the "device" pipeline needs to know of a file before decoding it (see
+    :func:`jpeg_header`): ``components`` (1 grey, 3 colour; 0 when the batched JPEG decoders
+    must not take the file) and the EXIF ``orientation`` (1-8, 1 = upright)."""
+
+    components: int
+    orientation: int
+
+
+def jpeg_header(data: torch.Tensor) -> JpegHeader:
+    """Read a file's JPEG header with PIL (no decoding); ``data`` is its bytes (1-D uint8 CPU).
+
+    ``components`` is 0 for anything but a complete 1- or 3-component JPEG: other formats, CMYK
+    and YCCK JPEGs (4 components), and JPEGs without the end-of-image marker near their end (a
+    file cut short, which a GPU decoder may turn into a half-grey picture instead of failing).
+    Such files are decoded on the CPU by the reading rule, which refuses truncated data.
+    """
+    raw = data.numpy().tobytes()
+    try:
+        with Image.open(io.BytesIO(raw)) as img:
+            if img.format != "JPEG":
+                return JpegHeader(0, 1)
+            components = len(img.getbands())
+            orientation = int(img.getexif().get(0x0112, 1) or 1)
+    except Exception:  # not an image PIL recognises, or a broken header
+        return JpegHeader(0, 1)
+    complete = b"\xff\xd9" in raw[-32:]  # EOI; a few bytes of padding after it are common
+    if components not in (1, 3) or not complete:
+        components = 0
+    return JpegHeader(components, orientation if 1 <= orientation <= 8 else 1)
+
+
+class EncodedBatch(NamedTuple):
+    """Undecoded files of a batch: all bytes in one flat uint8 tensor (one shared-memory
+    transfer from a loader worker instead of one per file), per-file ``sizes``, ``paths`` and
+    ``headers`` (:func:`jpeg_header`, read in the worker so the training process does not
+    scan headers)."""
+
+    flat: torch.Tensor
+    sizes: List[int]
+    paths: List[str]
+    headers: List[JpegHeader]
+
+    def files(self) -> List[torch.Tensor]:
+        """The per-file 1-D uint8 byte tensors (views into ``flat``)."""
+        return list(torch.split(self.flat, self.sizes))
+
+
+def collate_encoded(samples) -> Tuple[EncodedBatch, torch.Tensor]:
+    """DataLoader collate of ``(EncodedImage, skip)`` samples -> ``(EncodedBatch, Bx2 skip)``."""
+    images = [s[0] for s in samples]
+    flat = torch.cat([im.data for im in images])
+    batch = EncodedBatch(
+        flat,
+        [int(im.data.numel()) for im in images],
+        [im.path for im in images],
+        [jpeg_header(im.data) for im in images],
+    )
+    return batch, torch.stack([s[1] for s in samples])
+
+
+# --- Decoding, cropping and the colour stage, in the training process.
 
 
 def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
@@ -114,18 +190,23 @@ def _warn_once(seen: set, path: str, message: str, *args) -> None:
 
 
 class DeviceInput:
-    """Encoded batches -> two augmented views on ``device``: the "device" INPUT.PIPELINE.
+    """Encoded batches -> two augmented views on ``device``: the "device" INPUT.PIPELINE's view
+    maker (see :func:`pretrain.views.build_view_maker`).
 
-    ``aug``: the :class:`BatchedMocoAug` whose crop scale, size and colour stage are used.
-    Call :meth:`views` with an :class:`pretrain.data.EncodedBatch`, a torch.Generator on
-    ``device`` and one on the CPU (for the crop boxes). Counters: ``fallback_files`` (decoded
-    on the CPU) and ``unreadable_files`` (replaced by another image), both sets of paths, so
-    each file counts and is logged once.
+    ``aug``: the :class:`BatchedMocoAug` whose crop scale, size and colour stage are used;
+    ``decoder``: INPUT.JPEG_DECODER; ``channels_last``: return the views in that memory format.
+    Call :meth:`views` with an :class:`EncodedBatch` and the epoch's
+    :class:`pretrain.views.ViewGenerators`. Counters: ``fallback_files`` (decoded on the CPU)
+    and ``unreadable_files`` (replaced by another image), both sets of paths, so each file
+    counts and is logged once.
     """
 
-    def __init__(self, aug: BatchedMocoAug, device, decoder: str = "auto"):
+    def __init__(
+        self, aug: BatchedMocoAug, device, decoder: str = "auto", channels_last: bool = False
+    ):
         self.aug = aug
         self.device = torch.device(device)
+        self.channels_last = channels_last
         self.decoder_name, self._decode_jpegs = jpeg_decoder(decoder)
         self.fallback_files = set()
         self.unreadable_files = set()
@@ -139,7 +220,7 @@ class DeviceInput:
         """Decode byte tensors into 3xHxW uint8 RGB images on the device, one per file.
 
         ``headers``: each file's :func:`pretrain.data.jpeg_header` when known (the loader
-        workers read them, see :class:`pretrain.data.EncodedBatch`), else read here.
+        workers read them, see :class:`EncodedBatch`), else read here.
 
         Complete 1- and 3-component JPEGs are decoded in one batched call of the JPEG decoder
         (:func:`jpeg_decoder`); if that call fails (one bad file can fail the whole batch) they
@@ -240,16 +321,18 @@ class DeviceInput:
             out[rows.to(self.device, non_blocking=True)] = crops
         return out.div_(255.0).clamp_(0, 1)
 
-    def views(self, batch, generator=None, crop_generator=None) -> List[torch.Tensor]:
-        """An :class:`pretrain.data.EncodedBatch` -> [query views, key views], Bx3xSxS each.
+    def views(self, batch: EncodedBatch, generators) -> Tuple[List[torch.Tensor], List[str]]:
+        """An :class:`EncodedBatch` -> ([query views, key views], Bx3xSxS each; the paths of the
+        files found unreadable so far).
 
-        ``generator`` (on the device) drives the colour stage, ``crop_generator`` (on the CPU;
-        ``generator`` itself when that is a CPU generator) the crop boxes.
+        ``generators`` (:class:`pretrain.views.ViewGenerators`): ``colour`` (on the device)
+        drives the colour stage, ``crop`` (on the CPU) the crop boxes.
         """
-        if crop_generator is None:
-            if generator is not None and generator.device.type != "cpu":
-                raise ValueError("DeviceInput.views needs a CPU crop_generator for the boxes")
-            crop_generator = generator
+        if generators.crop is not None and generators.crop.device.type != "cpu":
+            raise ValueError("DeviceInput.views needs a CPU generator for the crop boxes")
         images = self.decode(batch.files(), batch.paths, batch.headers)
-        crops = self.crop(images, crop_generator, views=2)
-        return [self.aug.colour(c, generator) for c in crops.chunk(2)]
+        crops = self.crop(images, generators.crop, views=2)
+        views = [self.aug.colour(c, generators.colour) for c in crops.chunk(2)]
+        if self.channels_last:
+            views = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        return views, list(self.unreadable_files)  # a copy: the prefetch thread adds to the set

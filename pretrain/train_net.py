@@ -42,7 +42,6 @@ from common.launch import (
 )
 from common.locks import hold_output_dir
 
-from .augment import BatchedMocoAug
 from .builder import build_moco, check_key_bn_splits, compile_encoders
 from .checkpoint import (
     LAST,
@@ -57,13 +56,15 @@ from .checkpoint import (
 )
 from .config import load_cfg
 from .data import build_train_dataset, build_train_loader, sample_seed
-from .device_input import DeviceInput
 from .distributed import maybe_init_from_env, select_device
-from .engine import LoopContext, ProgressPrinter, loss_limit, train_one_epoch
+from .engine import amp_dtype, steps_per_epoch, train_one_epoch
 from .knn import knn_sets, knn_top1
 from .logs import setup_named_logger
+from .meter import ProgressPrinter, TrainMeter
+from .prefetch import prefetch_depth
 from .slurm import add_args as add_slurm_args
 from .slurm import submit_pretraining
+from .views import ViewGenerators, build_view_maker
 
 logger = logging.getLogger("pretrain.train_net")  # also when run as __main__
 
@@ -91,12 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_slurm_args(p)  # --slurm: submit as a SLURM job (nodes/GPUs: --num-machines/--num-gpus)
     p.add_argument("opts", default=None, nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     return p
-
-
-def _amp_dtype(cfg, device):
-    if device.type != "cuda" or not cfg.SOLVER.AMP:
-        return None  # autocast on CPU is slower than fp32 for convs here; keep CPU exact
-    return torch.bfloat16 if cfg.SOLVER.AMP == "bf16" else torch.float16
 
 
 def _warn_queue_size(cfg, n_images: int) -> None:
@@ -144,7 +139,7 @@ def _check_inputs(cfg, world: int):
     )
 
 
-def _knn(cfg, knn_data, model, ctx, storage, epoch: int) -> float:
+def _knn(cfg, knn_data, model, device, storage, epoch: int, checkpoint: str) -> float:
     """The kNN monitor after ``epoch``'s checkpoint; a failure names that checkpoint."""
     try:
         acc = knn_top1(
@@ -154,12 +149,12 @@ def _knn(cfg, knn_data, model, ctx, storage, epoch: int) -> float:
             workers=cfg.DATA.NUM_WORKERS,
             k=cfg.TEST.KNN_K,
             T=cfg.TEST.KNN_T,
-            device=ctx.device,
+            device=device,
         )
     except Exception as e:
         raise RuntimeError(
             f"The kNN monitor (DATA.KNN_TRAIN / DATA.KNN_VAL) failed after epoch {epoch}, "
-            f"whose checkpoint {ctx.last_good} is written, so rerunning resumes from epoch "
+            f"whose checkpoint {checkpoint} is written, so rerunning resumes from epoch "
             f"{epoch + 1}; set TEST.KNN_PERIOD 0 to train without the monitor. "
             f"{type(e).__name__}: {e}"
         ) from e
@@ -212,9 +207,7 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs=Non
     dataset = build_train_dataset(cfg)
     _warn_queue_size(cfg, len(dataset))
     loader, sampler = build_train_loader(dataset, cfg, world, rank, device.type == "cuda")
-    iters_per_epoch = len(loader)
-    if cfg.SOLVER.MAX_ITERS_PER_EPOCH:
-        iters_per_epoch = min(iters_per_epoch, cfg.SOLVER.MAX_ITERS_PER_EPOCH)
+    iters_per_epoch = steps_per_epoch(loader, cfg)
 
     torch.manual_seed(cfg.SEED)  # identical init on every rank, independent of set-up order
     model = build_moco(cfg).to(device)
@@ -223,10 +216,9 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs=Non
     compile_encoders(model, cfg.SOLVER.COMPILE)  # lazy: compiles on the first step
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(cfg, params)
-    amp_dtype = _amp_dtype(cfg, device)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype(cfg, device) == torch.float16 else None
 
-    start_epoch, start_iter = 0, 0
+    start_epoch, iteration = 0, 0
     path, ckpt = None, {}
     if resume or auto_resume:
         # last.pth, or the newest readable checkpoint_NNNN.pth when last.pth is unusable
@@ -234,89 +226,80 @@ def train(cfg, resume: str = "", auto_resume: bool = True, stop_after_epochs=Non
     if path:
         check_same_run(ckpt, cfg, path, iters_per_epoch)
         restore(ckpt, model, optimizer, scaler, path=path)
-        start_epoch, start_iter = ckpt["epoch"], ckpt["iteration"]
-        logger.info("Resumed from %s at epoch %d, iteration %d", path, start_epoch, start_iter)
+        start_epoch, iteration = ckpt["epoch"], ckpt["iteration"]
+        logger.info("Resumed from %s at epoch %d, iteration %d", path, start_epoch, iteration)
         if comm.is_main_process():
-            _drop_metrics_after(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), start_iter)
+            _drop_metrics_after(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), iteration)
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
-    ctx = LoopContext(
-        device=device,
-        iters_per_epoch=iters_per_epoch,
-        iteration=start_iter,
-        amp_dtype=amp_dtype,
-        channels_last=device.type == "cuda" and cfg.SOLVER.CHANNELS_LAST,
-        loss_limit=loss_limit(cfg.MODEL.K, cfg.MODEL.T, cfg.MODEL.SYMMETRIC),
-        last_good=path or "",
-        compile_mode=cfg.SOLVER.COMPILE,
-        prefetch=cfg.INPUT.PREFETCH if cfg.INPUT.PREFETCH >= 0 else 2 * (device.type == "cuda"),
-    )
-    if cfg.INPUT.PIPELINE in ("batched", "device"):
-        ctx.batched_aug = BatchedMocoAug(
-            cfg.INPUT.AUG,
-            cfg.INPUT.SIZE,
-            cfg.INPUT.CROP_SCALE,
-            jitter=cfg.INPUT.COLOR_JITTER,
-            gray_p=cfg.INPUT.GRAY_P,
-        )
-    # INPUT.PIPELINE "device": the loader yields file bytes; decode + augment on `device`
-    if cfg.INPUT.PIPELINE == "device":
-        ctx.batched_aug = DeviceInput(ctx.batched_aug, device, cfg.INPUT.JPEG_DECODER)
-        logger.info("INPUT.PIPELINE device: JPEGs decoded by %s", ctx.batched_aug.decoder_name)
+    view_maker = build_view_maker(cfg, device)
+    writers = []
     if comm.is_main_process():
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-        ctx.writers = [
+        writers = [
             ProgressPrinter(iters_per_epoch * cfg.SOLVER.EPOCHS),
             JSONWriter(os.path.join(cfg.OUTPUT_DIR, "metrics.json")),
             TensorboardXWriter(cfg.OUTPUT_DIR),
         ]
+    meter = TrainMeter(cfg, prefetch_depth(cfg, device), writers, dataset.paths)
+    last_good = path or ""  # the checkpoint a diverged run resumes from
     end_epoch = cfg.SOLVER.EPOCHS
     if stop_after_epochs:
         end_epoch = min(end_epoch, stop_after_epochs)
-    result = {"epoch": start_epoch, "iteration": start_iter}
-    with EventStorage(start_iter) as storage:
+    result = {"epoch": start_epoch, "iteration": iteration}
+    with EventStorage(iteration) as storage:
         for epoch in range(start_epoch, end_epoch):
             # Everything random in an epoch (data order, augmentation, shuffle-BN permutations)
             # is a function of (SEED, epoch, rank), so a resumed run repeats it bit for bit.
             seed = sample_seed(cfg.SEED, epoch, rank) % 2**31
             torch.manual_seed(seed)
-            ctx.aug_generator = torch.Generator(device=device).manual_seed(seed)
-            ctx.crop_generator = torch.Generator().manual_seed(seed + 1)
             sampler.set_epoch(epoch)
-            train_one_epoch(model, loader, optimizer, scaler, epoch, cfg, ctx)
+            try:
+                iteration = train_one_epoch(
+                    model,
+                    loader,
+                    optimizer,
+                    scaler,
+                    epoch,
+                    iteration,
+                    cfg,
+                    view_maker=view_maker,
+                    generators=ViewGenerators.seeded(seed, device),
+                    meter=meter,
+                )
+            except FloatingPointError as e:  # the loss diverged: say where to resume from
+                raise FloatingPointError(f"{e} {resume_hint(last_good)}") from None
             done = epoch + 1
             # Every rank checks its own weights (identical under DDP) so that all of them stop
             # together instead of waiting for a main process that refused to save.
             problem = weights_problem(unwrap(model).state_dict())
             if problem:
                 raise FloatingPointError(
-                    f"Weights diverged by the end of epoch {done} (iteration {ctx.iteration}): "
+                    f"Weights diverged by the end of epoch {done} (iteration {iteration}): "
                     f"{problem}; no checkpoint written. Lower SOLVER.BASE_LR or add warm-up. "
-                    + resume_hint(ctx.last_good)
+                    + resume_hint(last_good)
                 )
             if comm.is_main_process():
-                args = (model, optimizer, scaler, done, ctx.iteration, cfg)
+                args = (model, optimizer, scaler, done, iteration, cfg)
                 save_checkpoint(os.path.join(cfg.OUTPUT_DIR, LAST), *args)
                 if done % cfg.CHECKPOINT_PERIOD == 0 or done == cfg.SOLVER.EPOCHS:
                     save_checkpoint(os.path.join(cfg.OUTPUT_DIR, checkpoint_name(done)), *args)
-            ctx.last_good = os.path.join(cfg.OUTPUT_DIR, LAST)
+            last_good = os.path.join(cfg.OUTPUT_DIR, LAST)
             # The monitor runs after the checkpoint: whatever happens to it, the epoch is kept.
             if (
                 knn_data
                 and cfg.TEST.KNN_PERIOD
                 and (done % cfg.TEST.KNN_PERIOD == 0 or done == cfg.SOLVER.EPOCHS)
             ):
-                result["knn_top1"] = _knn(cfg, knn_data, model, ctx, storage, done)
-            for w in ctx.writers:
-                w.write()
+                result["knn_top1"] = _knn(cfg, knn_data, model, device, storage, done, last_good)
+            meter.write()  # the epoch's last iteration, with the end-of-epoch metrics
             comm.synchronize()
-            result.update(epoch=done, iteration=ctx.iteration)
-    for w in ctx.writers:
-        w.close()
-    if ctx.skipped_images:
-        logger.warning("%d unreadable image(s) were skipped in total", ctx.skipped_images)
+            result.update(epoch=done, iteration=iteration)
+    meter.close()
+    if meter.skipped_images:
+        logger.warning("%d unreadable image(s) were skipped in total", meter.skipped_images)
     return result
 
 

@@ -12,8 +12,7 @@ from PIL import Image
 
 from common import images
 from common.images import UnreadableImage, read_rgb, scan_image_folder
-from pretrain.data import jpeg_header
-from pretrain.device_input import jpeg_decoder, orient
+from pretrain.device_input import jpeg_decoder, jpeg_header, orient
 
 
 def test_reading_rule_gives_the_right_picture_or_names_the_file(tmp_path):

@@ -35,9 +35,6 @@ class _PausingLoader:
     def __len__(self):
         return len(self.loader)
 
-    def __getattr__(self, name):
-        return getattr(self.loader, name)
-
 
 class PausingTrainer(Trainer):
     """pretrain.slurm.Trainer whose tasks pause as ``$MOCO_PAUSE`` says."""
@@ -48,11 +45,11 @@ class PausingTrainer(Trainer):
         if restart in pauses:
             pause_epoch, original = int(pauses[restart]), train_net.train_one_epoch
 
-            def train_one_epoch(model, loader, optimizer, scaler, epoch, cfg, ctx):
+            def train_one_epoch(model, loader, optimizer, scaler, epoch, *args, **kwargs):
                 if epoch == pause_epoch:
                     tag = f"{restart}_{os.environ['SLURM_PROCID']}"
                     loader = _PausingLoader(loader, tag)
-                return original(model, loader, optimizer, scaler, epoch, cfg, ctx)
+                return original(model, loader, optimizer, scaler, epoch, *args, **kwargs)
 
             train_net.train_one_epoch = train_one_epoch
         return super().__call__()

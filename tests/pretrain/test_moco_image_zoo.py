@@ -15,8 +15,8 @@ from torch.utils.data import DataLoader
 from pretrain import train_net
 from pretrain.augment import BatchedMocoAug
 from pretrain.checkpoint import load_checkpoint
-from pretrain.data import LoadAsUint8, TwoViewDataset, collate_encoded
-from pretrain.device_input import DeviceInput
+from pretrain.data import LoadAsUint8, TwoViewDataset
+from pretrain.device_input import DeviceInput, collate_encoded
 from pretrain.labelled import LabelledImages, collate_readable
 
 

@@ -18,9 +18,10 @@ from torchvision.datasets import ImageFolder
 
 from pretrain.augment import BatchedMocoAug, sample_crop_boxes
 from pretrain.config import load_cfg
-from pretrain.data import TwoViewDataset, collate_encoded, jpeg_header, list_images, skipped_indices
-from pretrain.device_input import DeviceInput
+from pretrain.data import TwoViewDataset, list_images, skipped_indices
+from pretrain.device_input import DeviceInput, collate_encoded, jpeg_header
 from pretrain.train_net import train
+from pretrain.views import ViewGenerators
 
 
 def _ks(a, b) -> float:
@@ -94,6 +95,12 @@ def _write_mixed_folder(root):
     return root
 
 
+def _generators(seed):
+    """One CPU generator for the colour stage and the crop boxes (a CPU test)."""
+    g = torch.Generator().manual_seed(seed)
+    return ViewGenerators(colour=g, crop=g)
+
+
 def _device_batch(root):
     paths = list_images(str(root))
     ds = TwoViewDataset(paths, read_bytes=True)
@@ -114,10 +121,11 @@ def test_device_pipeline_decodes_falls_back_and_replaces(tmp_path, caplog):
     dev = DeviceInput(BatchedMocoAug("aug+", size=24), "cpu")
     with caplog.at_level(logging.WARNING, logger="pretrain.device_input"):
         images = dev.decode(batch.files(), batch.paths)
-        q, k = dev.views(batch, torch.Generator().manual_seed(0))
-        dev.views(batch, torch.Generator().manual_seed(1))  # a second "epoch"
+        (q, k), unreadable = dev.views(batch, _generators(0))
+        dev.views(batch, _generators(1))  # a second "epoch"
     assert [os.path.basename(p) for p in sorted(dev.fallback_files)] == ["cmyk.JPEG", "png.JPEG"]
     assert [os.path.basename(p) for p in dev.unreadable_files] == ["truncated.JPEG"]
+    assert [os.path.basename(p) for p in unreadable] == ["truncated.JPEG"]  # for the loop
     for name in ("cmyk.JPEG", "png.JPEG", "truncated.JPEG"):  # named once, not per batch
         assert caplog.text.count(name) == 1, name
     for name, img in zip(names, images):
@@ -135,9 +143,9 @@ def test_device_pipeline_decodes_falls_back_and_replaces(tmp_path, caplog):
 def test_device_pipeline_is_deterministic_per_generator(tmp_path):
     batch, _ = _device_batch(_write_mixed_folder(tmp_path))
     dev = DeviceInput(BatchedMocoAug("aug+", size=16), "cpu")
-    a = dev.views(batch, torch.Generator().manual_seed(3))
-    b = dev.views(batch, torch.Generator().manual_seed(3))
-    c = dev.views(batch, torch.Generator().manual_seed(4))
+    a, _ = dev.views(batch, _generators(3))
+    b, _ = dev.views(batch, _generators(3))
+    c, _ = dev.views(batch, _generators(4))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[0], c[0])
 
