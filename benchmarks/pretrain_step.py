@@ -48,15 +48,11 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from common.configs import COMPILE_MODES  # noqa: E402
 from common.io import atomic_write_json  # noqa: E402
 from pretrain import builder  # noqa: E402
 from pretrain.augment import BatchedMocoAug, TwoCropsTransform, moco_transform  # noqa: E402
-from pretrain.builder import (  # noqa: E402
-    COMPILE_MODES,
-    MoCo,
-    build_encoder_factory,
-    compile_encoders,
-)
+from pretrain.builder import MoCo, build_encoder_factory, compile_encoders  # noqa: E402
 from pretrain.config import get_pretrain_cfg  # noqa: E402
 from pretrain.data import LoadAsUint8  # noqa: E402
 from pretrain.device_input import DeviceInput, EncodedImage, collate_encoded  # noqa: E402

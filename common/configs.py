@@ -14,9 +14,12 @@ import os
 import re
 from typing import Sequence
 
-__all__ = ["ConfigError", "merge_config"]
+__all__ = ["COMPILE_MODES", "ConfigError", "merge_config"]
 
 OVERRIDES = "the command-line overrides"
+# torch.compile modes a config may ask for ("" = eager): pretraining's SOLVER.COMPILE and
+# detection's TRANSFER.COMPILE_RES5
+COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
 
 
 class ConfigError(ValueError):

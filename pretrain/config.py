@@ -66,8 +66,8 @@ _C.INPUT.LOAD_SIZE = 0  # square size images are decoded to for "batched"; 0 = 1
 # Batches whose views are prepared ahead of the step, in a background thread (on CUDA on its own
 # stream): the copy to the device and, for "batched" / "device", the work done in the training
 # process (decoding, crops, colour). 0 = in line, before each step; -1 = 2 on CUDA and 0 on the
-# CPU, where the thread takes cores from the step (tiny CPU runs on 2 cores: 56 pairs/s against
-# 85 in line). The numbers do not depend on it (pretrain/prefetch.py). Needs
+# CPU, where the thread takes cores from the step (measured: docs/input_pipelines.md, "Views
+# made ahead of the step"). The numbers do not depend on it (pretrain/prefetch.py). Needs
 # DATA.NUM_WORKERS > 0 (with 0 the views are made in line).
 _C.INPUT.PREFETCH = -1
 
