@@ -4,26 +4,24 @@ Everything the MoCo recipe needs that detectron2's defaults do not already have 
 ``cfg.TRANSFER``. Switches that detectron2 already provides are reused, not duplicated:
 mixed precision is ``SOLVER.AMP.ENABLED``, the seed is ``SEED``, precise BN is
 ``TEST.PRECISE_BN``, cuDNN's autotuner is ``CUDNN_BENCHMARK`` (applied by detectron2's
-``default_setup`` for training). The speed options (``TRANSFER.CHANNELS_LAST`` ...) are applied
-by ``detection.train_net.Trainer``; docs/detection_speed.md says what each one changes.
+``default_setup`` for training). The speed options (``TRANSFER.CHANNELS_LAST`` ...) are checked
+here when the config is loaded and applied by :func:`detection.speed.apply_speed_options`;
+docs/detection_speed.md says what each one changes.
 """
-
-import logging
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-from common.configs import merge_config
+from common.configs import COMPILE_MODES, merge_config
 
-logger = logging.getLogger("detection.config")
-
-COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
+OPTIMIZERS = ("SGD", "AdamW")
 SGD_IMPLS = ("foreach", "fused", "for-loop")
 TF32_MODES = ("", "on", "off")
 INIT_MODES = ("weights", "random")
 AMP_DTYPES = ("float16", "bfloat16")
 # Class names of the generated synthetic VOC-format set, in label order (equal to
-# synthetic.DET_CLASSES; synthetic builds on detection, not the other way round).
+# synthetic.DET_CLASSES, tests/detection/test_det_configs.py; detection does not import
+# synthetic, which sits above it).
 SYNTHETIC_DET_CLASSES = ("disk", "square", "triangle", "star", "cross", "ring")
 
 # Keys only a pretraining config sets: such a file given to detection is named as one.
@@ -114,14 +112,15 @@ def add_moco_detection_config(cfg):
     # CPU shared with other jobs, 1 avoids OpenMP threads spin-waiting on each other.
     _C.TRANSFER.CPU_THREADS = 0
     # "SGD" (detectron2's optimizer, the recipe's) or "AdamW" (same parameter groups, lr and
-    # weight decay; SOLVER.MOMENTUM unused).
+    # weight decay; SOLVER.MOMENTUM unused; fused: one kernel for the whole update, measured in
+    # docs/tiny_recipe.md).
     _C.TRANSFER.OPTIMIZER = "SGD"
     # Norm of the extra layer after res5 in the ROI head (Res5ROIHeadsExtraNorm); "" uses
     # MODEL.RESNETS.NORM, as the recipe does. Its statistics are taken over the sampled ROIs
     # (ROI_HEADS.BATCH_SIZE_PER_IMAGE x images), so "BN" stays well estimated at small image
     # batches where the backbone uses FrozenBN; there a FrozenBN extra norm (an identity) left
-    # the res5 output unnormalised and cost the demo's detector 18 AP50 points
-    # (docs/tiny_recipe.md).
+    # the res5 output unnormalised and cost the demo's detector AP50 (measured: docs/tiny_recipe.md,
+    # run d2).
     _C.TRANSFER.EXTRA_NORM = ""
 
     # --- Speed options. Off (or detectron2's behaviour) by default unless numerically neutral;
@@ -163,10 +162,11 @@ def load_cfg(config_file: str = "", opts=()):
     """detectron2's defaults plus the ``TRANSFER`` node, merged with ``config_file`` (if any)
     and the ``KEY VALUE`` list ``opts``. Returns the CfgNode, not frozen
     (:func:`resolve_single_process` may still adjust it). Raises ``common.configs.ConfigError``
-    (a ValueError) naming the file or override, the key and the fix."""
+    (a ValueError) naming the file or override, the key and the fix, or ValueError naming a
+    ``TRANSFER`` optimizer or speed option that cannot work (:func:`check_speed_options`)."""
     cfg = get_cfg()
     add_moco_detection_config(cfg)
-    return merge_config(
+    merge_config(
         cfg,
         config_file,
         opts,
@@ -175,6 +175,8 @@ def load_cfg(config_file: str = "", opts=()):
         keys_doc="detection/config.py and detectron2's config/defaults.py",
         foreign=_PRETRAIN_KEYS,
     )
+    check_speed_options(cfg)
+    return cfg
 
 
 def resolve_single_process(cfg, world_size):
@@ -251,20 +253,13 @@ def validate_schedule(cfg):
     )
 
 
-def validate_speed_options(cfg):
-    """Check the ``TRANSFER`` speed options and say which are no-ops on this device.
-
-    Args:
-        cfg (CfgNode): a config with the ``TRANSFER`` node.
-
-    Returns:
-        list[str]: one note per option that is ignored on ``MODEL.DEVICE`` (also logged).
-
-    Raises:
-        ValueError: naming the key and its allowed values when one is invalid.
-    """
+def check_speed_options(cfg):
+    """Refuse a ``TRANSFER`` optimizer or speed option that cannot work; called by
+    :func:`load_cfg`, so every command (and the trial runner, before any trial starts) stops on
+    it. Returns None; raises ValueError naming the key and its allowed values."""
     t = cfg.TRANSFER
     for key, value, allowed in (
+        ("TRANSFER.OPTIMIZER", t.OPTIMIZER, OPTIMIZERS),
         ("TRANSFER.COMPILE_RES5", t.COMPILE_RES5, COMPILE_MODES),
         ("TRANSFER.SGD_IMPL", t.SGD_IMPL, SGD_IMPLS),
         ("TRANSFER.TF32", t.TF32, TF32_MODES),
@@ -279,18 +274,3 @@ def validate_speed_options(cfg):
         )
     if not t.COMPILE_BACKEND:
         raise ValueError("TRANSFER.COMPILE_BACKEND must name a torch.compile backend (inductor)")
-    notes = []
-    if not cfg.MODEL.DEVICE.startswith("cuda"):
-        if t.TF32:
-            notes.append(f"TRANSFER.TF32 {t.TF32!r} has no effect on {cfg.MODEL.DEVICE}")
-        if cfg.CUDNN_BENCHMARK:
-            notes.append(f"CUDNN_BENCHMARK True has no effect on {cfg.MODEL.DEVICE}")
-        if t.COMPILE_RES5 and t.COMPILE_BACKEND == "inductor":
-            notes.append(
-                f"TRANSFER.COMPILE_RES5 {t.COMPILE_RES5!r} skipped on {cfg.MODEL.DEVICE} with "
-                "the inductor backend (a GPU speed option); TRANSFER.COMPILE_BACKEND eager "
-                "checks that the head compiles"
-            )
-    for note in notes:
-        logger.info("Speed option: %s", note)
-    return notes

@@ -47,51 +47,15 @@ from common.locks import hold_output_dir
 from common.runconfig import diff_lines, flatten_config, refuse_changes
 
 from . import roi_heads  # noqa: F401  (registers Res5ROIHeadsExtraNorm)
-from .config import (
-    RESUME_FREE_KEYS,
-    SGD_IMPLS,
-    load_cfg,
-    resolve_single_process,
-    validate_schedule,
-    validate_speed_options,
-)
+from .config import RESUME_FREE_KEYS, load_cfg, resolve_single_process, validate_schedule
 from .datasets import check_datasets, register_from_config
 from .launchers import watch_runner
 from .precise_bn import PooledPreciseBN
+from .speed import apply_speed_options
 from .summary import FINAL_METRICS
 from .weights import CheckedCheckpointer, check_init
 
 logger = logging.getLogger("detection.train_net")  # not __name__: "__main__" under -m
-
-
-def apply_tf32(cfg):
-    """Set torch's TF32 switches from ``TRANSFER.TF32`` ("" leaves torch's defaults; "on" and
-    "off" set both the matmul and the cuDNN switch). Returns None; no-op off CUDA."""
-    if cfg.TRANSFER.TF32 and cfg.MODEL.DEVICE.startswith("cuda"):
-        allow = cfg.TRANSFER.TF32 == "on"
-        torch.backends.cuda.matmul.allow_tf32 = allow
-        torch.backends.cudnn.allow_tf32 = allow
-        logger.info("TF32 %s for matmuls and cuDNN convolutions", "on" if allow else "off")
-
-
-def pad_batches_to(backbone, divisor):
-    """Make ``GeneralizedRCNN`` pad every batch to a multiple of ``divisor`` pixels.
-
-    detectron2 reads the padding from the backbone's ``size_divisibility`` property (0 for the
-    C4 ResNet); the backbone's class is swapped for a subclass returning ``divisor``, so the
-    module, its parameters and its checkpoint keys stay the same. Returns the backbone."""
-    if divisor <= 0 or backbone.size_divisibility == divisor:
-        return backbone
-    if backbone.size_divisibility and divisor % backbone.size_divisibility:
-        raise ValueError(
-            f"TRANSFER.PAD_SIZE_DIVISIBILITY {divisor} must be a multiple of the backbone's own "
-            f"size_divisibility {backbone.size_divisibility}"
-        )
-    cls = type(backbone)
-    backbone.__class__ = type(
-        cls.__name__, (cls,), {"size_divisibility": property(lambda _: divisor)}
-    )
-    return backbone
 
 
 class Trainer(DefaultTrainer):
@@ -138,38 +102,9 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        """detectron2's model with the speed options applied (see ``TRANSFER`` in
-        detection/config.py). Returns the model on ``MODEL.DEVICE``."""
-        validate_speed_options(cfg)
-        apply_tf32(cfg)
-        model = super().build_model(cfg)
-        pad_batches_to(model.backbone, cfg.TRANSFER.PAD_SIZE_DIVISIBILITY)
-        res5 = getattr(getattr(model, "roi_heads", None), "res5", None)
-        if cfg.TRANSFER.CHANNELS_LAST:
-            for module in (model.backbone, res5):
-                if module is not None:
-                    module.to(memory_format=torch.channels_last)
-            logger.info("channels_last for the backbone%s", " and res5" if res5 is not None else "")
-        compile_mode = cfg.TRANSFER.COMPILE_RES5
-        on_cuda = cfg.MODEL.DEVICE.startswith("cuda")
-        if compile_mode and (on_cuda or cfg.TRANSFER.COMPILE_BACKEND != "inductor"):
-            if res5 is None:
-                raise ValueError(
-                    "TRANSFER.COMPILE_RES5 needs a C4 model with roi_heads.res5 "
-                    f"(MODEL.ROI_HEADS.NAME is {cfg.MODEL.ROI_HEADS.NAME}); set it to ''"
-                )
-            res5.compile(
-                mode=None if compile_mode == "default" else compile_mode,
-                dynamic=cfg.TRANSFER.COMPILE_DYNAMIC,
-                backend=cfg.TRANSFER.COMPILE_BACKEND,
-            )
-            logger.info(
-                "roi_heads.res5 compiled (mode %s, dynamic %s, backend %s)",
-                compile_mode,
-                cfg.TRANSFER.COMPILE_DYNAMIC,
-                cfg.TRANSFER.COMPILE_BACKEND,
-            )
-        return model
+        """detectron2's model with the ``TRANSFER`` speed options applied
+        (:func:`detection.speed.apply_speed_options`). Returns the model on ``MODEL.DEVICE``."""
+        return apply_speed_options(super().build_model(cfg), cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -186,10 +121,8 @@ class Trainer(DefaultTrainer):
     def build_optimizer(cls, cfg, model):
         """detectron2's SGD (its parameter groups and hyper-parameters; ``TRANSFER.SGD_IMPL``
         picks foreach, fused or for-loop kernels), or AdamW over the same parameter groups
-        (``TRANSFER.OPTIMIZER``). Returns the optimizer."""
-        name = cfg.TRANSFER.OPTIMIZER
-        if name not in ("SGD", "AdamW"):
-            raise ValueError(f"TRANSFER.OPTIMIZER must be 'SGD' or 'AdamW', got {name!r}")
+        (``TRANSFER.OPTIMIZER``; both checked when the config was loaded). Returns the
+        optimizer."""
         params = get_default_optimizer_params(
             model,
             base_lr=cfg.SOLVER.BASE_LR,
@@ -197,16 +130,13 @@ class Trainer(DefaultTrainer):
             bias_lr_factor=cfg.SOLVER.BIAS_LR_FACTOR,
             weight_decay_bias=cfg.SOLVER.WEIGHT_DECAY_BIAS,
         )
-        if name == "AdamW":
-            # fused: one kernel for the whole update (CPU and CUDA); on the demo's CPU
-            # detector the for-each update took 57 ms of a 0.34 s step, the fused one 8 ms
+        if cfg.TRANSFER.OPTIMIZER == "AdamW":
+            # fused: one kernel for the whole update, CPU and CUDA (measured: docs/tiny_recipe.md)
             optimizer = torch.optim.AdamW(
                 params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY, fused=True
             )
             return maybe_add_gradient_clipping(cfg, optimizer)
         impl = cfg.TRANSFER.SGD_IMPL
-        if impl not in SGD_IMPLS:
-            raise ValueError(f"TRANSFER.SGD_IMPL must be one of {SGD_IMPLS}, got {impl!r}")
         optimizer = torch.optim.SGD(
             params,
             lr=cfg.SOLVER.BASE_LR,

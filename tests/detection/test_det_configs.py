@@ -170,11 +170,12 @@ def test_transfer_optimizer_choice(name):
     from detection.train_net import Trainer
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    cfg = load_cfg(TINY_CONFIG, "TRANSFER.OPTIMIZER", name, "SOLVER.BASE_LR", "0.5")
-    if name == "Adam":
-        with pytest.raises(ValueError, match="TRANSFER.OPTIMIZER"):
-            Trainer.build_optimizer(cfg, model)
+    opts = ("TRANSFER.OPTIMIZER", name, "SOLVER.BASE_LR", "0.5")
+    if name == "Adam":  # refused when the config is loaded, before anything is built
+        with pytest.raises(ValueError, match=r"TRANSFER.OPTIMIZER must be one of .*'Adam'"):
+            load_cfg(TINY_CONFIG, *opts)
         return
+    cfg = load_cfg(TINY_CONFIG, *opts)
     opt = Trainer.build_optimizer(cfg, model)
     assert isinstance(opt, {"SGD": torch.optim.SGD, "AdamW": torch.optim.AdamW}[name])
     groups = opt.param_groups
