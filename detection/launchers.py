@@ -193,6 +193,8 @@ class SlurmLauncher:
     trial's job that is still queued or running instead of submitting a second one.
     """
 
+    inherits_fds = False  # a job runs elsewhere: the runner's lock descriptors cannot follow
+
     def __init__(self, folder, args, gpus_per_trial, stop_timeout=120.0):
         """Args: folder (str): submitit folder (on a file system the nodes share); args: the
         options of :func:`common.slurm.add_slurm_args`; gpus_per_trial (int, 0: request no

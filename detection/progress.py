@@ -3,7 +3,7 @@
 - :func:`format_status` turns :class:`TrialState` records into those lines and
   :func:`estimate_eta` gives the overall ETA; both are pure functions of the states.
 - :class:`StatusDisplay` builds the states from the runner's trial records and each trial's
-  files (read by a function the runner passes in, see ``detection.trials.trial_files``) and
+  files (read by a function the runner passes in, see ``detection.trial_folders.trial_files``) and
   shows them: on a terminal the lines are refreshed in place (tqdm, one line per trial, with
   the runner's own log lines printed above them); otherwise (a pipe, CI, the demo) they are
   logged as plain lines every ``log_period`` seconds.

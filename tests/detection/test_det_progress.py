@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from detection.progress import StatusDisplay, TrialFiles, TrialState, estimate_eta, format_status
-from detection.trials import trial_files
+from detection.trial_folders import trial_files
 
 LOG = "out/trial_{}/train_net.out"
 

@@ -9,7 +9,7 @@ from detectron2.engine import default_argument_parser
 
 from common.runconfig import ChangedRunError
 from detection import train_net
-from detection.trials import TrialLock
+from detection.trial_locks import TrialLock
 
 
 def _args(voc_root, out, *opts, resume=True):

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from detection.scheduler import TrialOptions, TrialScheduler, make_slots, run_trials
 from detection.summary import (
     REFERENCES,
     aggregate,
@@ -16,14 +17,8 @@ from detection.summary import (
     mean_std,
     write_summary,
 )
-from detection.trials import (
-    CorruptMetricsError,
-    make_seeds,
-    make_slots,
-    read_final_metrics,
-    run_trials,
-    trial_dir,
-)
+from detection.trial_folders import CorruptMetricsError, read_final_metrics, trial_dir
+from detection.trials import make_seeds
 
 
 def record(trial, ap50, ap, ap75, status="finished"):
@@ -101,6 +96,8 @@ def test_seeds_and_slots():
 class FakeLauncher:
     """Finishes each attempt at once with the planned outcome: "ok" writes final metrics."""
 
+    inherits_fds = False
+
     def __init__(self, plans):
         self.plans = plans  # trial index -> list of outcomes, one per attempt
         self.started, self.running, self.max_running = [], 0, 0
@@ -142,7 +139,7 @@ def command(t):
 def test_failed_trial_is_retried_once_then_reported(tmp_path):
     trials = make_trials(tmp_path, 3)
     launcher = FakeLauncher({0: ["ok"], 1: ["fail", "ok"], 2: ["fail", "fail"]})
-    run_trials(trials, launcher, command, [None], retries=1, poll_interval=0)
+    run_trials(trials, launcher, command, TrialOptions(retries=1, poll_interval=0))
     assert [t["status"] for t in trials] == ["finished", "finished", "failed"]
     assert [t["attempts"] for t in trials] == [1, 2, 2]
     assert launcher.max_running == 1  # one slot: one trial at a time
@@ -151,17 +148,38 @@ def test_failed_trial_is_retried_once_then_reported(tmp_path):
     assert summary["failed"] == [2] and summary["mean"]["AP"] == pytest.approx(50.5)
 
 
+def test_scheduler_steps_start_reap_and_requeue_a_failure_first(tmp_path):
+    trials = make_trials(tmp_path, 2)
+    launcher = FakeLauncher({0: ["fail", "ok"], 1: ["ok"]})  # each attempt runs for one poll
+    s = TrialScheduler(trials, launcher, command, TrialOptions(retries=1))
+    s.start_ready()  # one slot: trial 0 starts, trial 1 waits
+    assert [t["trial"] for t, _, _ in s.running.values()] == [0] and not s.free
+    assert [t["trial"] for t in s.pending] == [1]
+    s.reap_finished()  # still running
+    assert len(s.running) == 1
+    s.reap_finished()  # failed: its slot is free and it goes back to the front of the queue
+    assert not s.running and s.free == [0] and [t["trial"] for t in s.pending] == [0, 1]
+    s.tick()  # the retry starts (and is polled once)
+    assert trials[0]["attempts"] == 2 and [t["trial"] for t in s.pending] == [1]
+    for _ in range(3):
+        s.tick()
+    assert not s.pending and not s.running
+    assert [t["status"] for t in trials] == ["finished", "finished"]
+    assert [trial for trial, _ in launcher.started] == [0, 0, 1]
+
+
 def test_trials_share_gpus_and_finished_ones_are_skipped(tmp_path):
     trials = make_trials(tmp_path, 4)
     launcher = FakeLauncher({i: ["ok"] for i in range(4)})
-    run_trials(trials, launcher, command, make_slots([0, 1, 2, 3], 2), poll_interval=0)
+    options = TrialOptions(slots=make_slots([0, 1, 2, 3], 2), poll_interval=0)
+    run_trials(trials, launcher, command, options)
     assert launcher.max_running == 2
     assert {gpus for _, gpus in launcher.started} == {"0,1", "2,3"}
     assert all(t["status"] == "finished" for t in trials)
 
     again = make_trials(tmp_path, 5)  # one more trial: only that one runs
     launcher = FakeLauncher({4: ["ok"]})
-    run_trials(again, launcher, command, [None], poll_interval=0)
+    run_trials(again, launcher, command, TrialOptions(poll_interval=0))
     assert [trial for trial, _ in launcher.started] == [4]
     assert [t["AP"] for t in again] == [50.0, 51.0, 52.0, 53.0, 54.0]
 
