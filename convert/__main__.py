@@ -22,13 +22,9 @@ import sys
 from detectron2.utils.logger import setup_logger
 
 from common.errors import entry_point
+from common.io import OutputExistsError
 
-from .converter import (
-    OutputExistsError,
-    convert_checkpoint,
-    save_detectron2_pkl,
-    save_torchvision_pth,
-)
+from .converter import convert_checkpoint, save_detectron2_pkl, save_torchvision_pth
 from .formats import FORMATS, load_checkpoint_file
 
 logger = logging.getLogger("convert")

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from common.io import OutputExistsError, atomic_write
+from common.io import atomic_write
 
 from .formats import Extracted, extract_backbone
 from .structure import ResNetShape, ResNetStructureError, check_resnet50
@@ -19,8 +19,6 @@ from .structure import ResNetShape, ResNetStructureError, check_resnet50
 __all__ = [
     "AUTHOR",
     "ConversionResult",
-    "OutputExistsError",
-    "atomic_write",
     "convert_checkpoint",
     "rename_to_detectron2",
     "rename_to_torchvision",
@@ -142,7 +140,8 @@ def save_detectron2_pkl(model: Mapping[str, np.ndarray], path: str, overwrite: b
 
     ``matching_heuristics`` lets the checkpointer match ``res5.*`` to ``roi_heads.res5.*``
     (C4 keeps res5 in the ROI head) and ``stem.*`` / ``res2-4.*`` to ``backbone.*``.
-    Written atomically (:func:`atomic_write`); ``overwrite=False`` refuses an existing file.
+    Written atomically (:func:`common.io.atomic_write`); ``overwrite=False`` refuses an existing
+    file (:class:`common.io.OutputExistsError`).
     """
     if not model:
         raise ValueError(f"refusing to write an empty model to {path}")
@@ -157,7 +156,8 @@ def save_torchvision_pth(
 
     Loads with ``torchvision.models.resnet50().load_state_dict(sd, strict=False)`` (only
     ``fc.*`` missing), for frameworks other than detectron2. Written atomically
-    (:func:`atomic_write`); ``overwrite=False`` refuses an existing file.
+    (:func:`common.io.atomic_write`); ``overwrite=False`` refuses an existing file
+    (:class:`common.io.OutputExistsError`).
     """
     if not backbone:
         raise ValueError(f"refusing to write an empty model to {path}")

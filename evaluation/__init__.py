@@ -1,8 +1,5 @@
-"""Evaluation of pretrained encoders: weighted kNN (``knn``) and the linear protocol.
+"""Evaluation of pretrained encoders: the weighted kNN CLI (``knn``, on the kNN core of
+:mod:`pretrain.knn`) and the linear protocol (``linear``).
 
-The top of the package graph: it uses ``pretrain`` and ``convert``; neither imports it.
+It uses ``pretrain`` and ``convert``; neither imports it (docs/architecture.md, "Layers").
 """
-
-from .knn import extract_features, knn_accuracy, knn_classify
-
-__all__ = ["extract_features", "knn_accuracy", "knn_classify"]

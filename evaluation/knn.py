@@ -1,7 +1,7 @@
 """Weighted kNN classification on frozen avgpool features (the InstDisc / MoCo demo monitor).
 
 The standalone CLI (``moco-knn``); the kNN core it runs (also the pretraining loop's monitor)
-lives in :mod:`pretrain.knn` and is re-exported here::
+lives in :mod:`pretrain.knn`::
 
     moco-knn --checkpoint output/pretrain/last.pth --data datasets/synth_cls
     moco-knn --checkpoint resnet50-0676ba61.pth --data datasets/imagenet      # any ResNet-50
@@ -24,17 +24,9 @@ from convert import LoadReport, load_resnet50, torchvision_backbone_names
 from pretrain.builder import build_encoder_factory
 from pretrain.checkpoint import ForeignCheckpointError, load_moco
 from pretrain.distributed import select_device
-from pretrain.knn import backbone_features, extract_features, knn_accuracy, knn_classify
+from pretrain.knn import knn_accuracy
 
-__all__ = [
-    "backbone_features",
-    "build_parser",
-    "extract_features",
-    "knn_accuracy",
-    "knn_classify",
-    "load_encoder",
-    "main",
-]
+__all__ = ["build_parser", "load_encoder", "main"]
 
 logger = logging.getLogger("evaluation.knn")  # also when run as __main__
 

@@ -17,7 +17,6 @@ reference MoCo release and torchvision weights. ``--cached-features`` extracts f
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 
@@ -34,7 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from common.cli import above, at_least
 from common.errors import entry_point
 from common.files import split_root_problem
-from common.io import atomic_write
+from common.io import atomic_write, atomic_write_json
 from common.launch import add_launch_args, check_device, check_launch_args, launch_from_args
 from common.locks import hold_output_dir
 from common.runconfig import diff_lines, refuse_changes
@@ -249,9 +248,8 @@ def _finish(args, result: dict) -> dict:
     metrics = ("top1", "top5", "knn_top1")
     line = ", ".join(f"{k} {result[k]:.4f}" for k in metrics if k in result)
     logger.info("Linear evaluation (%s) of %s: %s", result["mode"], result["source"], line)
-    if comm.is_main_process():
-        with PathManager.open(os.path.join(args.output_dir, "results.json"), "w") as f:
-            json.dump(result, f, indent=2)
+    if comm.is_main_process():  # atomically: a kill never leaves half a results.json
+        atomic_write_json(os.path.join(args.output_dir, "results.json"), result, indent=2)
     return result
 
 

@@ -223,14 +223,6 @@ def _periodic(output_dir: str) -> list:
     return sorted(paths, key=lambda p: int(re.findall(r"\d+", os.path.basename(p))[0]))[::-1]
 
 
-def find_resume_file(output_dir: str, resume: str = "") -> Optional[str]:
-    """The checkpoint to resume from: ``resume`` if given, else ``output_dir/last.pth`` if any."""
-    if resume:
-        return resume
-    last = os.path.join(output_dir, LAST)
-    return last if PathManager.exists(last) else None
-
-
 def _usable(path: str) -> dict:
     """Load ``path`` and check its weights; raise CheckpointError when it cannot be resumed."""
     ckpt = load_checkpoint(path)

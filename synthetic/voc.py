@@ -137,25 +137,6 @@ def _annotation_xml(folder: str, filename: str, width: int, height: int, objects
     return root
 
 
-# The annotation checker lives with the detection code that uses it (``detection.voc_check``);
-# these names stay importable from here, loaded on first use so that generating data does not
-# import detectron2.
-_CHECKER_NAMES = (
-    "VOCAnnotationError",
-    "check_annotation",
-    "check_voc_split",
-    "load_checked_voc_instances",
-)
-
-
-def __getattr__(name):
-    if name in _CHECKER_NAMES:
-        from detection import voc_check
-
-        return getattr(voc_check, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def make_voc(
     root: str,
     seed: int = 0,

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from evaluation.knn import extract_features, knn_classify, main
+from evaluation.knn import main
+from pretrain.knn import extract_features, knn_classify
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

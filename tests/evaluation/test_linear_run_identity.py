@@ -1,5 +1,7 @@
 """Linear evaluation: a resume continues only the head's own run, one command per output folder."""
 
+import argparse
+import json
 import os
 
 import pytest
@@ -61,3 +63,17 @@ def test_one_command_per_output_dir(
     out = tmp_path / "lin"
     argv = _argv(thin_checkpoints["pretrain"], synthetic_cls_root, out)
     one_writer_check(linear.main, argv, str(out), linear)
+
+
+def test_results_json_is_replaced_whole_or_not_at_all(tmp_path):
+    """results.json goes through common.io's atomic write: a write that fails half way (here an
+    unserialisable value after the first keys) leaves the previous file as it was."""
+    path = tmp_path / "results.json"
+    path.write_text('{"top1": 0.5}')
+    args = argparse.Namespace(output_dir=str(tmp_path))
+    with pytest.raises(TypeError):
+        linear._finish(args, {"mode": "lincls", "source": "a.pth", "top1": 0.6, "x": object()})
+    assert path.read_text() == '{"top1": 0.5}'
+    linear._finish(args, {"mode": "lincls", "source": "a.pth", "top1": 0.6})
+    assert json.loads(path.read_text())["top1"] == 0.6
+    assert not [p for p in os.listdir(tmp_path) if p != "results.json"]  # no temporary left
