@@ -20,7 +20,7 @@ from common.plotting import new_figure, no_data, save_png
 
 logger = logging.getLogger("pretrain.plots")
 CURVES = "curves.png"  # default output, next to metrics.json
-# series name -> metrics.json key (see pretrain.engine: speed keys are per logging window)
+# series name -> metrics.json key (see pretrain.meter: speed keys are per logging window)
 KEYS = {
     "loss": "loss",
     "knn_top1": "knn_top1",
