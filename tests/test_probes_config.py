@@ -119,3 +119,10 @@ def test_lr_steps_that_do_not_fit_the_schedule(tmp_path, cli_error, synthetic_vo
         'step. Set SOLVER.STEPS "()", or raise SOLVER.MAX_ITER.'
     )
     assert not (tmp_path / "model_final.pth").exists()
+
+
+def test_a_transfer_option_that_cannot_work_stops_the_runner_before_any_trial(here, cli_error):
+    argv = ["--config-file", DETECT_CONFIG, "--output-dir", "out", "TRANSFER.OPTIMIZER", "Adam"]
+    last = _refused(cli_error, trials_main, argv, here, keep=["out"])
+    assert last == "error: TRANSFER.OPTIMIZER must be one of ('SGD', 'AdamW'), got 'Adam'"
+    assert set(os.listdir(here / "out")) <= {"trials.log"}  # no trial folder: nothing started
