@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from common.images import UnreadableImage, read_image_bytes, read_rgb, scan_image_folder
 
-from .augment import TwoCropsTransform, moco_transform
+from .augment import TwoCropsTransform, augmentation_args, moco_transform
 from .device_input import EncodedImage, collate_encoded
 
 logger = logging.getLogger(__name__)
@@ -187,14 +187,7 @@ def build_train_dataset(cfg) -> TwoViewDataset:
     if pipeline == "batched":
         transform = LoadAsUint8(load_size(cfg))
     else:
-        tf = moco_transform(
-            cfg.INPUT.AUG,
-            cfg.INPUT.SIZE,
-            cfg.INPUT.CROP_SCALE,
-            jitter=cfg.INPUT.COLOR_JITTER,
-            gray_p=cfg.INPUT.GRAY_P,
-        )
-        transform = TwoCropsTransform(tf)
+        transform = TwoCropsTransform(moco_transform(**augmentation_args(cfg)))
     # validate_cfg allows CACHE_DECODED only for "batched" (a deterministic transform)
     return TwoViewDataset(paths, transform, seed=cfg.SEED, cache=cfg.DATA.CACHE_DECODED)
 

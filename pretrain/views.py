@@ -22,7 +22,7 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 
-from .augment import BatchedMocoAug
+from .augment import BatchedMocoAug, augmentation_args
 from .device_input import DeviceInput
 
 logger = logging.getLogger(__name__)
@@ -87,13 +87,7 @@ def build_view_maker(cfg, device):
     channels_last = device.type == "cuda" and cfg.SOLVER.CHANNELS_LAST
     if cfg.INPUT.PIPELINE == "pil":
         return PilViews(device, channels_last)
-    aug = BatchedMocoAug(
-        cfg.INPUT.AUG,
-        cfg.INPUT.SIZE,
-        cfg.INPUT.CROP_SCALE,
-        jitter=cfg.INPUT.COLOR_JITTER,
-        gray_p=cfg.INPUT.GRAY_P,
-    )
+    aug = BatchedMocoAug(**augmentation_args(cfg))
     if cfg.INPUT.PIPELINE == "batched":
         return BatchedViews(aug, device, channels_last)
     maker = DeviceInput(aug, device, cfg.INPUT.JPEG_DECODER, channels_last)
