@@ -66,6 +66,33 @@ def _in_line(loader, make):
         yield (*make(batch), skip)
 
 
+def _step(model, im_q, im_k, optimizer, scaler, dtype, cuda_graphs: bool) -> dict:
+    """One forward, backward and optimizer step (through ``scaler`` when not None) under
+    autocast to ``dtype`` (None: fp32). Returns the step's scalars on the host: ``loss``,
+    ``contrastive_acc1``, ``emb_std``, ``neg_cos``."""
+    if cuda_graphs:  # a new step: CUDA-graph outputs of the last one may be overwritten
+        torch.compiler.cudagraph_mark_step_begin()
+    device_type = im_q.device.type
+    with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        out = model(im_q, im_k)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(out["loss"]).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        out["loss"].backward()
+        optimizer.step()
+    # one device->host copy for all of the step's scalars; it also waits for the step, so the
+    # meter's wall time is the step's, not just its launch
+    with torch.no_grad():
+        acc1 = (out["logits"].argmax(dim=1) == 0).float().mean() * 100
+        loss = out["loss"].detach().float()
+        values = torch.stack([loss, acc1, out["emb_std"].float(), out["neg_cos"].float()])
+        loss, acc1, emb_std, neg_cos = values.tolist()
+    return {"loss": loss, "contrastive_acc1": acc1, "emb_std": emb_std, "neg_cos": neg_cos}
+
+
 def train_one_epoch(
     model,
     loader,
@@ -95,7 +122,6 @@ def train_one_epoch(
     steps = steps_per_epoch(loader, cfg)
     limit = loss_limit(cfg.MODEL.K, cfg.MODEL.T, cfg.MODEL.SYMMETRIC)
     dtype = amp_dtype(cfg, device)
-    # a new training step: CUDA-graph outputs of the last one may be reused
     cuda_graphs = cfg.SOLVER.COMPILE == "reduce-overhead" and device.type == "cuda"
     world = comm.get_world_size()
 
@@ -111,46 +137,14 @@ def train_one_epoch(
                 break
             meter.got_batch(unreadable, skip)
             storage.iter = iteration
-            if cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()
             lr = learning_rate(iteration, steps, cfg)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            with torch.autocast(
-                device.type, dtype=dtype or torch.float32, enabled=dtype is not None
-            ):
-                out = model(im_q, im_k)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(out["loss"]).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                out["loss"].backward()
-                optimizer.step()
-            # one device->host copy for all of the step's scalars; it also waits for the step,
-            # so the meter's wall time is the step's, not just its launch
-            with torch.no_grad():
-                acc1 = (out["logits"].argmax(dim=1) == 0).float().mean() * 100
-                values = torch.stack(
-                    [
-                        out["loss"].detach().float(),
-                        acc1,
-                        out["emb_std"].float(),
-                        out["neg_cos"].float(),
-                    ]
-                ).tolist()
-            # checked on that copy; a diverged step stops the run before anything is written
-            check_loss(values[0], limit, epoch, iteration, lr)
-            meter.step_done(storage, im_q.shape[0] * world)
-            storage.put_scalars(
-                loss=values[0],
-                contrastive_acc1=values[1],
-                emb_std=values[2],
-                neg_cos=values[3],
-                skipped_images=meter.skipped_images,
-                epoch=epoch,
-            )
+            scalars = _step(model, im_q, im_k, optimizer, scaler, dtype, cuda_graphs)
+            # checked on the host copy; a diverged step stops the run before anything is written
+            check_loss(scalars["loss"], limit, epoch, iteration, lr)
+            meter.step_done(storage, im_q.shape[0] * world)  # images of all processes
+            storage.put_scalars(**scalars, skipped_images=meter.skipped_images, epoch=epoch)
             storage.put_scalar("lr", lr, smoothing_hint=False)
             if device.type == "cuda":
                 storage.put_scalar("gpu_mem_gb", torch.cuda.max_memory_allocated(device) / 2**30)
