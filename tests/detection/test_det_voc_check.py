@@ -100,10 +100,9 @@ def test_every_bad_input_is_named(voc12, tmp_path):
         assert found, (path, message, scan.problems)
     with pytest.raises(VOCAnnotationError, match=r"^12 problem\(s\) in .*trainval\.txt"):
         load_checked_voc_instances(str(d), "trainval", CLASSES)
-    # The old entry points (synthetic) are this checker.
-    assert synthetic.check_voc_split is voc_check.check_voc_split
-    with pytest.raises(synthetic.VOCAnnotationError, match="unicorn"):
-        synthetic.check_annotation(str(ann / "000002.xml"), CLASSES)
+    # one file alone: the same problem
+    with pytest.raises(VOCAnnotationError, match="unicorn"):
+        voc_check.check_annotation(str(ann / "000002.xml"), CLASSES)
 
 
 def test_report_is_capped_and_counted(voc12, tmp_path):
