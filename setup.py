@@ -25,6 +25,9 @@ setup(
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",
+        # the "device" pipeline's batched JPEG decoder (torchvision's is the fallback); its
+        # image decoders need no FFmpeg. No macOS wheel of 0.17: torchvision decodes there.
+        "torchcodec>=0.16; platform_system != 'Darwin'",
         "fvcore>=0.1.5",
         "iopath>=0.1.9",
         "pycocotools>=2.0.2",
@@ -32,12 +35,14 @@ setup(
         "numpy",
         "Pillow",
         "matplotlib",
+        "tqdm",  # the trial runner's status lines (also a dependency of detectron2 and iopath)
         "tensorboard",
         "setuptools<81",
+        "submitit>=1.5",  # SLURM jobs: moco-pretrain --slurm, moco-trials --slurm
     ],
     extras_require={
         "dev": ["pytest>=7", "pytest-timeout", "ruff>=0.5", "black>=24"],
-        "slurm": ["submitit"],
+        "slurm": [],  # kept so that `pip install .[slurm]` still works: submitit is required now
     },
     entry_points={
         "console_scripts": [

@@ -42,9 +42,9 @@ from detection.config import (  # noqa: E402
     SYNTHETIC_DET_CLASSES,
     load_cfg,
     resolve_single_process,
-    validate_speed_options,
 )
 from detection.datasets import register_from_config  # noqa: E402
+from detection.speed import speed_notes  # noqa: E402
 from detection.train_net import Trainer  # noqa: E402
 
 CONFIG = os.path.join(REPO, "configs", "detection", "pascal_voc_R_50_C4_24k_moco_1gpu.yaml")
@@ -117,6 +117,7 @@ def build_cfg(config_file, data_root, device, batch, workers, iters, overrides=(
         [
             "MODEL.DEVICE", device,
             "MODEL.WEIGHTS", "",
+            "TRANSFER.INIT", "random",  # speed does not depend on the weights
             "MODEL.ROI_HEADS.NUM_CLASSES", str(len(classes)),
             "TRANSFER.VOC_LIKE_ROOT", data_root,
             "TRANSFER.VOC_LIKE_CLASSES", str(list(classes)),
@@ -259,7 +260,7 @@ def run_variant(name, args, data_root, profile_steps=0):
         cfg, notes = build_cfg(
             args.config, data_root, args.device, args.batch, args.workers, total, overrides
         )
-        notes += validate_speed_options(cfg)
+        notes += speed_notes(cfg)
         # detectron2's default_setup applies CUDNN_BENCHMARK; the benchmark does not call it
         torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
         if args.device.startswith("cuda"):

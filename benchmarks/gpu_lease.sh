@@ -11,6 +11,9 @@
 #   benchmarks/gpu_lease.sh --summary      # the combined table of what $OUT holds
 #   benchmarks/gpu_lease.sh --install      # only the offline install (FORCE_INSTALL=1: redo)
 #
+# For one call of at most 6 minutes that settles every GPU claim, use benchmarks/gpu_check.sh;
+# this script is the deeper study (every variant, the batch sweep, the demo's GPU preset).
+#
 # Parts (about 5, 9 and 8 minutes on one H100; each benchmark runs under `timeout` and writes
 # its JSON after every row, so a part cut short keeps what it measured):
 #   1: pretrain_step.py (step fp32 vs optimized, data paths) and pretrain_e2e.py eager rows
@@ -34,10 +37,8 @@
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
+source benchmarks/lease_lib.sh  # install, prepare_wheels, run
 OUT=${OUT:-output/gpu_lease}
-WHEELS=${WHEELS:-.whl}
-PY=${PY:-python3}
-SITE=${SITE:-/tmp/site}
 VOC=build/detection_speed_voc
 JPEGS=/tmp/pretrain_e2e_jpegs
 export PYTHONPATH="$SITE:$PWD"
@@ -45,43 +46,11 @@ mkdir -p "$OUT"
 
 prepare() {
   set -e
-  tools/build_wheelhouse.sh .whl --python-version 3.12 --no-detectron2-ops \
-    --without opencv-python-headless
+  prepare_wheels
   # 128 trainval images per year (~13 MB): .whl + this set stay under a 64 MiB copy limit
   "${PREP_PY:-.venv/bin/python}" benchmarks/detection_speed.py --make-data-only --data-root "$VOC" --images 128
   du -sh .whl "$VOC"
   echo "gpu_lease: carry .whl and $VOC to the GPU machine (git-ignored paths)"
-}
-
-install() {
-  if [ -z "${FORCE_INSTALL:-}" ] && "$PY" -c "import detectron2, fvcore, iopath, pycocotools, tensorboard, pretrain, detection" \
-    2>/dev/null; then
-    echo "gpu_lease: dependencies already importable"
-    return
-  fi
-  local dir wheels
-  for dir in ${WHEELS//:/ }; do
-    # the project itself runs from the working tree ($PWD on PYTHONPATH), not from its wheel
-    mapfile -t wheels < <(ls "$dir"/*.whl | grep -v '/moco_detectron2-')
-    echo "gpu_lease: installing ${#wheels[@]} wheels from $dir into $SITE"
-    "$PY" -m pip install -q --no-index --no-deps --upgrade --target "$SITE" "${wheels[@]}"
-    if [ -d "$dir/detectron2/detectron2" ]; then
-      rm -rf "$SITE/detectron2"
-      cp -r "$dir/detectron2/." "$SITE/"
-    fi
-  done
-  "$PY" -c "import detectron2, pretrain, detection, convert; print('gpu_lease: imports work')"
-}
-
-run() {  # run SECONDS NAME COMMAND...: one benchmark under a time limit, logged to $OUT
-  local limit=$1 name=$2
-  shift 2
-  echo "== $name (limit ${limit}s)"
-  local start=$SECONDS
-  timeout --signal=INT --kill-after=20 "$limit" "$@" > "$OUT/$name.log" 2>&1
-  local rc=$?
-  echo "   rc $rc after $((SECONDS - start)) s; log $OUT/$name.log"
-  tail -n 25 "$OUT/$name.log"
 }
 
 part1() {
@@ -90,6 +59,7 @@ part1() {
     --amp bf16 --iters 10 --warmup 3 --out "$OUT/pretrain_step_cuda.json"
   run 420 pretrain_e2e_part1 "$PY" benchmarks/pretrain_e2e.py --data-root "$JPEGS" \
     --rows reference "pil eager" "batched eager" "device eager" "loader only" \
+    "batched eager, in line" "device eager, in line" \
     --out "$OUT/pretrain_e2e_part1.json"
 }
 

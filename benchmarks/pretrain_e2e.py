@@ -16,10 +16,16 @@ three input pipelines (INPUT.PIPELINE pil | batched | device) eager and compiled
 the per-image loader alone (``--workers`` processes), and last "batched" and "device" eager
 with their views made in line (INPUT.PREFETCH 0) instead of in the background thread. A row
 whose config the current code rejects is reported as ``unsupported: <error>``; one that fails
-while running as ``failed: <error>``.
+while running as ``failed: <error>``. Each row also records ``first_step_s`` and ``warmup_s``
+(from the start of training to the end of the first and of the last warm-up step: loader
+start-up, cuDNN autotuning and, compiled, the compilation).
+
+``--opts KEY VALUE ...`` adds config overrides to every row; ``--make-data-only`` writes the
+JPEG folder (``--data-root``) and exits.
 
     python benchmarks/pretrain_e2e.py --out benchmarks/results/pretrain_e2e_cuda.json   # GPU
     python benchmarks/pretrain_e2e.py --tiny --out benchmarks/results/pretrain_e2e_cpu.json
+    python benchmarks/pretrain_e2e.py --rows "device " --opts INPUT.PREFETCH 2
 """
 
 import argparse
@@ -38,19 +44,17 @@ import torch
 from PIL import Image, ImageDraw
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path[:0] = [REPO, HERE]
+
+from targets import E2E_MAX_DATA_WAIT, E2E_TARGET, LOADER_TARGET, STEP32_TARGET  # noqa: E402
 
 from common.io import atomic_write_json  # noqa: E402
+from pretrain import builder  # noqa: E402
 from pretrain.config import load_cfg  # noqa: E402
 from pretrain.data import build_train_dataset, build_train_loader  # noqa: E402
 from pretrain.train_net import train  # noqa: E402
-
-# Targets for one GPU (H100-class), from the pretraining speed plan.
-E2E_TARGET = 3500.0  # pairs/s end to end at per-GPU batch 256 with split BN ...
-E2E_MAX_DATA_WAIT = 5.0  # ... with data wait below this many percent
-STEP32_TARGET = 1500.0  # pairs/s at per-GPU batch 32
-LOADER_TARGET = 500.0  # images/s of the per-image PIL path with 16 workers
 
 
 def _write_one(job):
@@ -86,7 +90,8 @@ def write_jpeg_folder(root, n, width=500, height=375, classes=10, quality=90, pr
             folder = os.path.join(root, f"c{i % classes:02d}")
             os.makedirs(folder, exist_ok=True)
             jobs.append((os.path.join(folder, f"{i:07d}.jpg"), i, width, height, quality))
-        processes = processes or min(16, os.cpu_count() or 1)
+        # a spawned worker re-imports this script (seconds): worth it from a few hundred images
+        processes = processes or min(16, os.cpu_count() or 1, max(1, n // 256))
         if processes > 1:
             with multiprocessing.get_context("spawn").Pool(processes) as pool:
                 sizes = pool.map(_write_one, jobs, chunksize=64)
@@ -127,7 +132,8 @@ def run_training_row(overrides, args, batch):
     data_wait_pct, peak_mem_gib, notes) or {"unsupported"/"failed": message}."""
     out_dir = tempfile.mkdtemp(prefix="e2e_", dir=args.work_dir)
     steps = args.warmup + args.iters
-    overrides = list(overrides) + ["OUTPUT_DIR", out_dir, "SOLVER.MAX_ITERS_PER_EPOCH", steps]
+    overrides = list(overrides) + list(args.opts)
+    overrides += ["OUTPUT_DIR", out_dir, "SOLVER.MAX_ITERS_PER_EPOCH", steps]
     try:
         cfg, notes = row_config(overrides)
     except (KeyError, ValueError, AssertionError) as e:
@@ -151,6 +157,9 @@ def run_training_row(overrides, args, batch):
         wall = time.perf_counter() - start
         metrics = _last_metrics(out_dir)
         row = {"batch": batch, "notes": notes, "run_s": wall, "overrides": overrides[:-4]}
+        if stamps:
+            row["first_step_s"] = stamps[0] - start
+            row["warmup_s"] = stamps[min(args.warmup, len(stamps)) - 1] - start
         if len(stamps) >= steps and args.iters > 0:
             row["pairs_per_s"] = batch * args.iters / (stamps[steps - 1] - stamps[args.warmup - 1])
             row["timing"] = "optimizer-step wall clock"
@@ -173,7 +182,7 @@ def run_loader_row(overrides, args):
     """Images/s of the training loader alone (no model), over ``args.iters`` batches after
     ``args.warmup``. Returns the row dict."""
     try:
-        cfg, notes = row_config(overrides)
+        cfg, notes = row_config(list(overrides) + list(args.opts))
     except (KeyError, ValueError, AssertionError) as e:
         return {"unsupported": f"{type(e).__name__}: {e}".splitlines()[0]}
     try:
@@ -245,6 +254,15 @@ def build_rows(args, data_root):
     return rows
 
 
+def selected(name, wanted, names):
+    """Whether row ``name`` is asked for by ``wanted`` (None: every row): a value of ``wanted``
+    that is a full row name of ``names`` selects that row alone, any other selects the rows
+    whose names start with it ("device " selects every device row)."""
+    if wanted is None:
+        return True
+    return any(name == w if w in names else name.startswith(w) for w in wanted)
+
+
 def target_status(row, target):
     """'target met', 'missed by X%' or '' for ``row`` against ``target`` (kind, value)."""
     if target is None or "pairs_per_s" not in row:
@@ -291,11 +309,20 @@ def build_parser():
     p.add_argument("--workers", type=int, default=-1, help="loader workers (16; tiny 0)")
     p.add_argument("--loader-workers", type=int, default=-1, help="loader row (16; tiny 0)")
     p.add_argument("--K", type=int, default=0, help="queue length (65536; tiny 8)")
-    p.add_argument("--rows", nargs="*", default=None, help="only rows whose name starts so")
+    p.add_argument(
+        "--rows", nargs="*", default=None, help="only these rows (a full name) or those starting so"
+    )
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--data-root", default="", help="JPEG folder to (re)use")
     p.add_argument("--work-dir", default=None, help="where row outputs go (default: temp)")
     p.add_argument("--out", default="", help="JSON output path")
+    p.add_argument("--opts", nargs="+", default=[], help="KEY VALUE overrides of every row")
+    p.add_argument(
+        "--compile-backend",
+        default="inductor",
+        help="torch.compile backend of the compiled rows ('eager': CPU checks, no codegen)",
+    )
+    p.add_argument("--make-data-only", action="store_true", help="write --data-root and exit")
     return p
 
 
@@ -324,6 +351,11 @@ def _defaults(args):
 def main(argv=None):
     """Run the benchmark; print the table, write JSON, return the result dict."""
     args = _defaults(build_parser().parse_args(argv))
+    if len(args.opts) % 2:
+        raise SystemExit(f"--opts takes KEY VALUE pairs, got {len(args.opts)} words")
+    if args.make_data_only and not args.data_root:
+        raise SystemExit("--make-data-only needs --data-root (where the JPEGs go)")
+    builder.COMPILE_BACKEND = args.compile_backend
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda":
@@ -350,8 +382,11 @@ def main(argv=None):
                                  width, height)  # fmt: skip
         result["data"] = data
         print(f"data: {data['images']} JPEGs {width}x{height}, {data['mean_kib']:.1f} KiB each")
-        for name, (kind, overrides, batch, target) in build_rows(args, data["root"]).items():
-            if args.rows is not None and not any(name.startswith(r) for r in args.rows):
+        if args.make_data_only:
+            return result
+        all_rows = build_rows(args, data["root"])
+        for name, (kind, overrides, batch, target) in all_rows.items():
+            if not selected(name, args.rows, all_rows):
                 continue
             print(f"== {name}", flush=True)
             if kind == "loader":

@@ -6,6 +6,7 @@ caches, reports) goes through :func:`atomic_write`.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -40,6 +41,38 @@ def fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+class _FullWrites(io.FileIO):
+    """A file that writes every byte or raises ``OSError`` with its errno, and remembers it.
+
+    A write cut short (a full disk, a file size limit) is retried, so the error surfaces as
+    ``ENOSPC`` / ``EFBIG`` instead of a short count that torch's zip writer turns into
+    "unexpected pos"; writers that wrap an ``OSError`` in their own exception lose its errno,
+    so :func:`atomic_write` re-raises :attr:`error`."""
+
+    error: OSError | None = None
+
+    def write(self, data) -> int:
+        view, done = memoryview(data).cast("B"), 0
+        while done < len(view):
+            try:
+                done += super().write(view[done:])
+            except OSError as e:
+                self.error = e
+                raise
+        return done
+
+
+def _on_destination(e: BaseException, raw: _FullWrites, path: str, tmp: str):
+    """The OSError to raise for ``e`` met while writing ``tmp`` for ``path`` (naming ``path``,
+    with the errno a writer may have wrapped away), or None to re-raise ``e`` as it is."""
+    if isinstance(e, OutputExistsError):
+        return None
+    error = e if isinstance(e, OSError) else raw.error
+    if error is None or error.errno is None or error.filename not in (None, tmp):
+        return None
+    return OSError(error.errno, error.strerror, path)
+
+
 def atomic_write(
     path: str, write: Callable[[IO], None], overwrite: bool = True, text: bool = False
 ) -> None:
@@ -50,8 +83,9 @@ def atomic_write(
     and fsynced, then renamed over ``path`` with ``os.replace`` (``overwrite=True``) or
     hard-linked to ``path``, which fails if ``path`` exists (``overwrite=False``; raises
     :class:`OutputExistsError`), and the folder is fsynced. The folder is created when
-    missing; the temporary file is removed on any error. Non-local iopath URIs are written
-    through ``PathManager`` directly (no atomicity there).
+    missing; the temporary file is removed on any error. A failed write (a full disk, no
+    permission) raises ``OSError`` with its errno and ``path`` as its file name. Non-local
+    iopath URIs are written through ``PathManager`` directly (no atomicity there).
     """
     mode = "w" if text else "wb"
     if "://" in path:
@@ -64,9 +98,14 @@ def atomic_write(
     os.makedirs(folder, exist_ok=True)
     if not overwrite and os.path.lexists(path):
         raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode) as f:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    except OSError as e:  # name the file asked for, not the temporary one
+        raise OSError(e.errno, e.strerror, path) from e
+    raw = _FullWrites(fd, "wb")
+    try:
+        f = io.BufferedWriter(raw)
+        with io.TextIOWrapper(f, encoding="utf-8") if text else f as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -82,6 +121,11 @@ def atomic_write(
                 ) from None
             except OSError:  # file systems without hard links: checked above, rename now
                 os.replace(tmp, path)
+    except BaseException as e:
+        error = _on_destination(e, raw, path, tmp)
+        if error is not None:
+            raise error from e
+        raise
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)

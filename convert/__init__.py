@@ -4,16 +4,16 @@
 converter and the linear evaluation use it); whole MoCo models of this project's own
 checkpoints (resume, kNN, demo) are read by ``pretrain.checkpoint.load_checkpoint`` /
 ``load_moco``, whose format tag ``PRETRAIN_FORMAT_TAG`` is. ``convert_checkpoint`` is the pure
-conversion.
+conversion. ``convert.match`` counts what a load filled (``LoadReport``) and says what a file
+that did not fit looks like (``identify``), for every place that loads a backbone.
 """
 
 from .converter import (
     AUTHOR,
     ConversionResult,
-    OutputExistsError,
-    atomic_write,
     convert_checkpoint,
     rename_to_detectron2,
+    rename_to_torchvision,
     save_detectron2_pkl,
     save_torchvision_pth,
     to_detectron2,
@@ -27,6 +27,15 @@ from .formats import (
     load_backbone,
     load_checkpoint_file,
 )
+from .match import (
+    Identity,
+    LoadReport,
+    WeightsMismatchError,
+    detectron2_backbone_names,
+    identify,
+    load_resnet50,
+    torchvision_backbone_names,
+)
 from .structure import RESNET50_BLOCKS, ResNetShape, ResNetStructureError, check_resnet50
 
 __all__ = [
@@ -36,18 +45,24 @@ __all__ = [
     "RESNET50_BLOCKS",
     "CheckpointFormatError",
     "ConversionResult",
-    "OutputExistsError",
+    "Identity",
+    "LoadReport",
     "Extracted",
     "ResNetShape",
     "ResNetStructureError",
-    "atomic_write",
+    "WeightsMismatchError",
     "check_resnet50",
     "convert_checkpoint",
+    "detectron2_backbone_names",
     "extract_backbone",
+    "identify",
     "load_backbone",
     "load_checkpoint_file",
+    "load_resnet50",
     "rename_to_detectron2",
+    "rename_to_torchvision",
     "save_detectron2_pkl",
     "save_torchvision_pth",
     "to_detectron2",
+    "torchvision_backbone_names",
 ]

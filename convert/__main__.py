@@ -25,14 +25,11 @@ import sys
 
 from detectron2.utils.logger import setup_logger
 
-from .converter import (
-    OutputExistsError,
-    convert_checkpoint,
-    save_detectron2_pkl,
-    save_torchvision_pth,
-)
-from .formats import FORMATS, CheckpointFormatError, load_checkpoint_file
-from .structure import ResNetStructureError
+from common.errors import entry_point
+from common.io import OutputExistsError
+
+from .converter import convert_checkpoint, save_detectron2_pkl, save_torchvision_pth
+from .formats import FORMATS, load_checkpoint_file
 
 logger = logging.getLogger("convert")
 
@@ -84,31 +81,27 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
+@entry_point(output="the output path", interrupted="the output file is unchanged; rerun")
 def main(argv: list[str] | None = None) -> int:
-    """Run the converter; returns 0, or exits with a message naming the file and the fix."""
+    """Run the converter; returns 0, or exits (status 2) with a last line naming the file and
+    the fix (:func:`common.errors.entry_point`)."""
     args = build_parser().parse_args(argv)
     setup_logger(name="convert", abbrev_name="convert")
     if not args.output.endswith((".pkl", ".pth", ".pt")):
-        sys.exit(f"error: {args.output}: output must end in .pkl (detectron2) or .pth/.pt")
+        raise ValueError(f"{args.output}: output must end in .pkl (detectron2) or .pth/.pt")
     if _same_file(args.input, args.output):
-        sys.exit(
-            f"error: output {args.output} is the input {args.input}; converting in place would "
+        raise ValueError(
+            f"output {args.output} is the input {args.input}; converting in place would "
             "destroy the checkpoint. Choose another output file."
         )
     if not args.overwrite and os.path.lexists(args.output):
-        sys.exit(f"error: {args.output} exists; pass --overwrite to replace it")
-    try:
-        obj = load_checkpoint_file(args.input)
-        result = convert_checkpoint(obj, fmt=args.format, prefix=args.prefix, where=args.input)
-    except (CheckpointFormatError, ResNetStructureError) as e:
-        sys.exit(f"error: {e}")
-    try:
-        if args.output.endswith(".pkl"):
-            save_detectron2_pkl(result.model, args.output, overwrite=args.overwrite)
-        else:
-            save_torchvision_pth(result.extracted.backbone, args.output, overwrite=args.overwrite)
-    except OutputExistsError as e:
-        sys.exit(f"error: {e}")
+        raise OutputExistsError(f"{args.output} exists; pass --overwrite to replace it")
+    obj = load_checkpoint_file(args.input)
+    result = convert_checkpoint(obj, fmt=args.format, prefix=args.prefix, where=args.input)
+    if args.output.endswith(".pkl"):
+        save_detectron2_pkl(result.model, args.output, overwrite=args.overwrite)
+    else:
+        save_torchvision_pth(result.extracted.backbone, args.output, overwrite=args.overwrite)
     logger.info("%s -> %s\n%s", args.input, args.output, result.report())
     return 0
 

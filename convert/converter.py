@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from common.io import OutputExistsError, atomic_write
+from common.io import atomic_write
 
 from .formats import Extracted, extract_backbone
 from .structure import ResNetShape, ResNetStructureError, check_resnet50
@@ -19,10 +19,9 @@ from .structure import ResNetShape, ResNetStructureError, check_resnet50
 __all__ = [
     "AUTHOR",
     "ConversionResult",
-    "OutputExistsError",
-    "atomic_write",
     "convert_checkpoint",
     "rename_to_detectron2",
+    "rename_to_torchvision",
     "save_detectron2_pkl",
     "save_torchvision_pth",
     "to_detectron2",
@@ -53,6 +52,26 @@ def rename_to_detectron2(name: str) -> str:
         name = pattern.sub(repl, name)
     # The stem's BN is "bn1" directly under "stem.", which the dotted rule above cannot see.
     return re.sub(r"^stem\.bn1\.", "stem.conv1.norm.", name)
+
+
+# The inverse of _RULES, applied in order: detectron2 names of a converted backbone back to
+# torchvision names, so that convert.structure can tell the widths of a converted file.
+_INVERSE_RULES = (
+    (re.compile(r"^stem\.conv1\.norm\."), lambda m: "bn1."),
+    (re.compile(r"^stem\."), lambda m: ""),
+    (re.compile(r"^res(\d)\."), lambda m: f"layer{int(m.group(1)) - 1}."),
+    (re.compile(r"\.shortcut\.norm\."), lambda m: ".downsample.1."),
+    (re.compile(r"\.shortcut\."), lambda m: ".downsample.0."),
+    (re.compile(r"\.conv(\d)\.norm\."), lambda m: f".bn{m.group(1)}."),
+)
+
+
+def rename_to_torchvision(name: str) -> str:
+    """Map one detectron2 ResNet name back to its torchvision name (inverse of
+    :func:`rename_to_detectron2`): ``res4.0.conv2.norm.weight`` -> ``layer3.0.bn2.weight``."""
+    for pattern, repl in _INVERSE_RULES:
+        name = pattern.sub(repl, name)
+    return name
 
 
 def to_detectron2(backbone: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -121,7 +140,8 @@ def save_detectron2_pkl(model: Mapping[str, np.ndarray], path: str, overwrite: b
 
     ``matching_heuristics`` lets the checkpointer match ``res5.*`` to ``roi_heads.res5.*``
     (C4 keeps res5 in the ROI head) and ``stem.*`` / ``res2-4.*`` to ``backbone.*``.
-    Written atomically (:func:`atomic_write`); ``overwrite=False`` refuses an existing file.
+    Written atomically (:func:`common.io.atomic_write`); ``overwrite=False`` refuses an existing
+    file (:class:`common.io.OutputExistsError`).
     """
     if not model:
         raise ValueError(f"refusing to write an empty model to {path}")
@@ -136,7 +156,8 @@ def save_torchvision_pth(
 
     Loads with ``torchvision.models.resnet50().load_state_dict(sd, strict=False)`` (only
     ``fc.*`` missing), for frameworks other than detectron2. Written atomically
-    (:func:`atomic_write`); ``overwrite=False`` refuses an existing file.
+    (:func:`common.io.atomic_write`); ``overwrite=False`` refuses an existing file
+    (:class:`common.io.OutputExistsError`).
     """
     if not backbone:
         raise ValueError(f"refusing to write an empty model to {path}")

@@ -26,6 +26,8 @@ from typing import Any, Mapping
 import torch
 from detectron2.utils.file_io import PathManager
 
+from common.files import not_a_weights_file
+
 # The tag pretraining writes into its checkpoints; defined once, by the writer.
 from pretrain.checkpoint import FORMAT as PRETRAIN_FORMAT_TAG
 
@@ -51,6 +53,8 @@ _FORMAT_PREFIXES = {
     "torchvision": ("", "module."),
 }
 _STEM_KEY = "conv1.weight"
+# Top-level modules of a whole detectron2 detector's state dict (a model_*.pth of a detection run)
+DETECTOR_ROOTS = ("backbone.", "roi_heads.", "proposal_generator.")
 
 
 class CheckpointFormatError(ValueError):
@@ -80,12 +84,23 @@ def load_checkpoint_file(path: str) -> Any:
 
     Tries ``weights_only=True`` first; checkpoints that also store non-tensor objects (RNG
     states, argparse namespaces) fall back to full unpickling, which is only safe for trusted
-    files, so that fallback is logged. Raises :class:`CheckpointFormatError` when the file
-    is not a PyTorch checkpoint.
+    files, so that fallback is logged. A ``.pkl`` is read as detectron2 reads it (a plain
+    pickle), so that a converted file is recognised as one. Raises
+    :class:`CheckpointFormatError` when the file is not a PyTorch checkpoint.
     """
     if not PathManager.exists(path):
         raise CheckpointFormatError(f"{path}: no such file")
+    plainly = not_a_weights_file(path)
+    if plainly:
+        raise CheckpointFormatError(
+            f"{path} {plainly}. Pass the .pth/.pth.tar file written by pretraining, the "
+            "reference MoCo release or torchvision."
+        )
     local = PathManager.get_local_path(path)
+    if local.endswith(".pkl"):  # detectron2's format, what the converter writes
+        obj = _plain_pickle(local)
+        if obj is not None:
+            return obj
     try:
         return torch.load(local, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -106,6 +121,17 @@ def load_checkpoint_file(path: str) -> Any:
     return obj
 
 
+def _plain_pickle(local: str) -> Any:
+    """The dict in a plain pickle file (detectron2's ``.pkl`` format, read as detectron2 reads
+    it), or None when the file is not one."""
+    try:
+        with open(local, "rb") as f:
+            obj = pickle.load(f, encoding="latin1")
+    except Exception:
+        return None
+    return obj if isinstance(obj, Mapping) else None
+
+
 def _is_state_dict(obj: Any) -> bool:
     return (
         isinstance(obj, Mapping)
@@ -124,7 +150,17 @@ def _unwrap(obj: Any, fmt: str, where: str) -> tuple[str, Mapping[str, torch.Ten
         )
     if "__author__" in obj and "matching_heuristics" in obj:
         raise CheckpointFormatError(
-            f"{where}: already a converted detectron2 file; use it as MODEL.WEIGHTS directly."
+            f"{where}: already a converted detectron2 file; use it as MODEL.WEIGHTS directly. "
+            "The converter, kNN and linear evaluation read the checkpoint it was converted "
+            "from (a pretraining last.pth, a MoCo release .pth.tar or a torchvision .pth)."
+        )
+    model = obj.get("model")
+    if isinstance(model, Mapping) and any(str(k).startswith(DETECTOR_ROOTS) for k in model):
+        raise CheckpointFormatError(
+            f"{where}: a whole detectron2 detector checkpoint (model_*.pth of a detection run), "
+            "not an encoder. The converter, kNN and linear evaluation read the pretraining "
+            "checkpoint the detector started from; to evaluate this detector: moco-detect "
+            f"--config-file <its config> --eval-only MODEL.WEIGHTS {where}"
         )
     tag = obj.get("format")
     if fmt in ("auto", "moco-detectron2") and isinstance(tag, str):
@@ -185,7 +221,8 @@ def _category(key: str) -> str:
     return "outside prefix"
 
 
-def _is_backbone_key(name: str) -> bool:
+def is_backbone_key(name: str) -> bool:
+    """Whether a torchvision name belongs to a ResNet backbone (stem or a ``layerN`` stage)."""
     root = name.split(".", 1)[0]
     return root in ("conv1", "bn1") or (root.startswith("layer") and root[5:].isdigit())
 
@@ -234,7 +271,7 @@ def extract_backbone(
             drop.setdefault("head", []).append(key)
         elif name.endswith("num_batches_tracked"):
             drop.setdefault("num_batches_tracked", []).append(key)
-        elif _is_backbone_key(name) and torch.is_tensor(sd[key]):
+        elif is_backbone_key(name) and torch.is_tensor(sd[key]):
             out.backbone[name] = sd[key]
             out.source_keys[name] = key
         else:

@@ -47,21 +47,20 @@ class ResNetShape:
         """True for the standard ResNet-50 (detectron2's defaults need no override)."""
         return self.detectron2_overrides() == {}
 
-    def detectron2_overrides(self) -> dict[str, int]:
-        """Detectron2 config keys (and values) that differ from the R50 defaults."""
-        wanted = {
+    def detectron2_config(self) -> dict[str, int]:
+        """The ``MODEL.RESNETS`` keys (full names) and values that build this backbone."""
+        return {
+            "MODEL.RESNETS.DEPTH": 50,
             "MODEL.RESNETS.STEM_OUT_CHANNELS": self.stem_out_channels,
             "MODEL.RESNETS.WIDTH_PER_GROUP": self.width_per_group,
             "MODEL.RESNETS.NUM_GROUPS": self.num_groups,
             "MODEL.RESNETS.RES2_OUT_CHANNELS": self.res2_out_channels,
         }
-        defaults = {
-            "MODEL.RESNETS.STEM_OUT_CHANNELS": 64,
-            "MODEL.RESNETS.WIDTH_PER_GROUP": 64,
-            "MODEL.RESNETS.NUM_GROUPS": 1,
-            "MODEL.RESNETS.RES2_OUT_CHANNELS": 256,
-        }
-        return {k: v for k, v in wanted.items() if defaults[k] != v}
+
+    def detectron2_overrides(self) -> dict[str, int]:
+        """Detectron2 config keys (and values) that differ from the R50 defaults."""
+        defaults = ResNetShape(64, 64, 1, 256).detectron2_config()
+        return {k: v for k, v in self.detectron2_config().items() if defaults[k] != v}
 
     def describe(self) -> str:
         """One line: the detected widths and the detectron2 overrides they need."""

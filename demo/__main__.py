@@ -14,9 +14,16 @@ import argparse
 import shlex
 import sys
 
+from common.cli import at_least
+from common.errors import entry_point
+
 from .presets import PRESETS, default_preset_name
 
 
+@entry_point(
+    output="--output-dir",
+    interrupted="rerun the same command: finished stages and trials are kept",
+)
 def main(argv=None) -> int:
     """Parse arguments, run the demo, print the report. Returns 0; 1 when a stage failed
     (its log's last lines are printed) or, with ``--strict``, when a claim does not hold."""
@@ -32,8 +39,10 @@ def main(argv=None) -> int:
         "the default when CUDA is available), 'smoke' (checks the glue in about a minute; its "
         "numbers mean nothing)",
     )
-    p.add_argument("--seeds", type=int, nargs="+", help="detection trial seeds (default: 3)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the generated data")
+    p.add_argument(
+        "--seeds", type=at_least(0), nargs="+", help="detection trial seeds (default: 3)"
+    )
+    p.add_argument("--data-seed", type=at_least(0), default=0, help="seed of the generated data")
     p.add_argument(
         "--strict",
         action="store_true",
@@ -50,22 +59,16 @@ def main(argv=None) -> int:
     from .pipeline import run_demo  # imports torch: after --help and argument errors
 
     rerun = shlex.join(["python", "-m", "demo", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        report = run_demo(
-            args.output_dir,
-            args.preset,
-            args.seeds,
-            args.data_seed,
-            verbose=args.verbose,
-            rerun_hint=f"`{rerun}`",
-        )
-    except KeyboardInterrupt:
-        return 130  # the interrupted stage said how to continue
-    except Exception as e:
-        # a failing stage already printed the end of its log and the error (StageRunner)
-        if not getattr(e, "demo_log", None):
-            print(f"demo failed: {e}", file=sys.stderr)
-        return 1
+    # A failing stage prints the end of its log (demo.pipeline.StageRunner); entry_point then
+    # ends with the one `error:` line and the exit status (130 after Ctrl-C).
+    report = run_demo(
+        args.output_dir,
+        args.preset,
+        args.seeds,
+        args.data_seed,
+        verbose=args.verbose,
+        rerun_hint=f"`{rerun}`",
+    )
     if args.strict and not all(report["claims"].values()):
         failed = [name for name, holds in report["claims"].items() if not holds]
         print(f"--strict: claim(s) {failed} do not hold (see the report); exit status 1")

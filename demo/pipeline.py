@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from common.io import atomic_write_json
+from common.io import atomic_write, atomic_write_json
 
 from .console import Console, hms
 from .eta import DemoEta, detection_done, pretrain_done
@@ -96,8 +96,8 @@ def run_pretrain(config: str, opts: list) -> str:
 def knn_random_vs_trained(config: str, opts: list, checkpoint: str, device: str = "cpu") -> dict:
     """Weighted kNN top-1 (%) of the query encoder at its random init (the same seed and code
     path as pretraining starts from) and after pretraining."""
+    from evaluation.knn import load_encoder
     from pretrain.builder import build_moco
-    from pretrain.checkpoint import load_moco
     from pretrain.config import load_cfg
     from pretrain.knn import knn_accuracy
 
@@ -105,13 +105,12 @@ def knn_random_vs_trained(config: str, opts: list, checkpoint: str, device: str 
     result = {}
     for name in ("random_init", "moco"):
         if name == "moco":
-            model, _ = load_moco(checkpoint)  # every weight and buffer comes from the file
+            encoder = load_encoder(checkpoint)  # strict; logs "loaded N/N backbone tensors"
         else:
             torch.manual_seed(cfg.SEED)
-            model = build_moco(cfg)
-        model.to(device)
+            encoder = build_moco(cfg).encoder_q
         acc = knn_accuracy(
-            model.encoder_q,
+            encoder.to(device),
             cfg.DATA.KNN_TRAIN,
             cfg.DATA.KNN_VAL,
             size=cfg.TEST.KNN_SIZE or cfg.INPUT.SIZE,
@@ -187,7 +186,8 @@ def run_detection(out: str, weights: dict, voc: str, preset: Preset, seeds) -> d
                 "--reference", "none",
                 "--log-period", "60",
                 *preset.trial_args,
-                "MODEL.WEIGHTS", w,
+                # "": the random-init baseline, asked for explicitly (detection/weights.py)
+                "MODEL.WEIGHTS", w, *(() if w else ("TRANSFER.INIT", "random")),
                 "TRANSFER.VOC_LIKE_ROOT", voc,
                 *preset.detection_opts,
                 *preset.init_opts.get(name, ()),
@@ -347,17 +347,46 @@ def _setup_lines(preset) -> list:
     return [" ".join(lines), ""]
 
 
+def _curves_lines(out: str) -> list:
+    """Markdown lines showing the pretraining curves (drawn into ``out/pretrain/curves.png``),
+    or saying why there are none."""
+    from pretrain.plots import MetricsError, plot_curves
+
+    try:
+        png = plot_curves(os.path.join(out, "pretrain"))["path"]
+    except MetricsError as e:
+        return [f"No pretraining curves: {e}.", ""]
+    return ["Pretraining curves:", "", f"![pretraining curves]({os.path.relpath(png, out)})", ""]
+
+
 def write_report(out: str, knn: dict, summaries: dict, preset=None) -> tuple:
     """Comparison tables and chart, the two claims checked, ``report.md`` and ``report.json``.
+
+    ``report.md`` shows its figures with paths relative to ``out``: the pretraining curves
+    (``pretrain/curves.png``), the comparison (``comparison.png``) and each init's trials
+    (``detection/<init>/trials.png``), all written by this function.
 
     ``preset`` (optional) adds a line saying how each init was fine-tuned.
 
     Returns ``(report, text)``: the content of ``report.json`` (a dict with ``knn``,
     ``detection`` means, ``detection_std``, ``paired`` AP50 difference from
-    :func:`paired_difference` and ``claims``) and the markdown of ``report.md``.
+    :func:`paired_difference` and ``claims``) and the markdown of ``report.md``, both written
+    atomically. Raises ``detection.summary.EmptySummaryError`` (writing nothing) when an init
+    has no finished trial.
     """
     from detection.plots import compare_markdown, plot_compare, plot_trials
+    from detection.summary import EmptySummaryError
 
+    empty = [
+        k
+        for k, summary in summaries.items()
+        if not any(t.get("status") == "finished" for t in summary["trials"])
+    ]
+    if empty:  # nothing to compare: keep the report of an earlier run as it is
+        raise EmptySummaryError(
+            f"no finished detection trial for {empty}, so {os.path.join(out, 'report.md')} "
+            "was not written; rerun the demo to resume the trials"
+        )
     labels = list(summaries)
     table = compare_markdown([summaries[k] for k in labels], labels)
     plot_compare([summaries[k] for k in labels], labels, os.path.join(out, "comparison.png"))
@@ -381,9 +410,13 @@ def write_report(out: str, knn: dict, summaries: dict, preset=None) -> tuple:
             f"| MoCo (tiny) | {knn['moco']:.2f} |",
             f"| chance | {knn['chance']:.2f} |",
             "",
+            *_curves_lines(out),
             "## Detection transfer: Faster R-CNN R50-C4 (thin), synthetic VOC07+12 -> VOC07 test",
             "",
             table,
+            "![mean ± std AP of each init](comparison.png)",
+            "",
+            *(f"![{k}: AP of each seed](detection/{k}/trials.png)\n" for k in labels),
             *(_setup_lines(preset) if preset is not None else []),
             "Per seed (the same seed gives both inits the same data order and head init):",
             "",
@@ -402,8 +435,7 @@ def write_report(out: str, knn: dict, summaries: dict, preset=None) -> tuple:
             "",
         ]
     )
-    with open(os.path.join(out, "report.md"), "w") as f:
-        f.write(text)
+    atomic_write(os.path.join(out, "report.md"), lambda f: f.write(text), text=True)
     report = {
         "knn": knn,
         "detection": {k: summaries[k]["mean"] for k in labels},

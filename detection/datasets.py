@@ -1,4 +1,5 @@
-"""Registration of PASCAL VOC and of VOC-format sets with their own class names.
+"""Registration of PASCAL VOC, of VOC-format sets with their own class names and of
+COCO-format sets (:func:`register_coco_like`).
 
 detectron2 registers ``voc_2007_trainval``, ``voc_2012_trainval`` and ``voc_2007_test`` under
 ``$DETECTRON2_DATASETS`` as soon as ``detectron2.data`` is imported. The functions here keep
@@ -15,7 +16,9 @@ import os
 import time
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
 from detectron2.data.datasets.pascal_voc import CLASS_NAMES
+from detectron2.utils import comm
 
 from .voc_check import (
     BORDER_TOLERANCE_PX,
@@ -54,10 +57,14 @@ class CheckedVOCLoader:
         self.dirname, self.split, self.classes = dirname, split, tuple(classes)
         self._scanned = None
 
-    def scan(self, for_evaluation=False, workers=None):
-        """Check the split; returns the :class:`detection.voc_check.SplitScan`. Without
-        problems, its dicts are what the next call returns."""
-        scan = scan_voc_split(self.dirname, self.split, self.classes, for_evaluation, True, workers)
+    def scan(self, for_evaluation=False, workers=None, shard=(0, 1)):
+        """Check the split (decoding the images of ``shard``, see
+        :func:`detection.voc_check.scan_voc_split`); returns the
+        :class:`detection.voc_check.SplitScan`. Without problems, its dicts are what the next
+        call returns."""
+        scan = scan_voc_split(
+            self.dirname, self.split, self.classes, for_evaluation, True, workers, shard
+        )
         self._scanned = None if scan.problems else scan.dicts
         return scan
 
@@ -137,14 +144,65 @@ def register_voc(root=None):
     ]
 
 
+# Splits of a COCO-format set under its root: annotations/instances_<split>.json, <split>/*.jpg
+COCO_SPLITS = ("train", "val")
+
+
+def coco_like_files(root, split):
+    """Return (annotation JSON, image folder) of one split of a COCO-format set under ``root``:
+    ``<root>/annotations/instances_<split>.json`` and ``<root>/<split>``."""
+    return os.path.join(root, "annotations", f"instances_{split}.json"), os.path.join(root, split)
+
+
+def register_coco_like(name_prefix, root):
+    """Register a COCO-format instance set (boxes, polygon masks) as ``<name_prefix>_train`` and
+    ``<name_prefix>_val`` with detectron2's ``register_coco_instances``.
+
+    An existing registration that points at the same files is kept; one that points elsewhere
+    is replaced (logged), so calling this twice is safe. Class names come from the JSON's
+    ``categories`` when a split is loaded.
+
+    Args:
+        name_prefix (str): e.g. "synth_coco".
+        root (str): the folder holding ``annotations/instances_{train,val}.json`` and the image
+            folders ``train/`` and ``val/`` (see :func:`coco_like_files`).
+
+    Returns:
+        list[str]: the registered names. Metadata: ``json_file``, ``image_root`` and
+        ``evaluator_type="coco"``.
+    """
+    root = os.path.abspath(os.path.expanduser(root))
+    names = []
+    for split in COCO_SPLITS:
+        name = f"{name_prefix}_{split}"
+        json_file, image_root = coco_like_files(root, split)
+        if name in DatasetCatalog.list():
+            meta = MetadataCatalog.get(name)
+            current = (meta.get("json_file", None), meta.get("image_root", None))
+            if current == (json_file, image_root):
+                names.append(name)
+                continue
+            logger.info("Re-registering data set %s: %s -> %s", name, current, json_file)
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_coco_instances(name, {}, json_file, image_root)
+        names.append(name)
+    return names
+
+
 def register_from_config(cfg):
-    """Register the data sets a config asks for through ``cfg.TRANSFER``.
+    """Register the data sets a config asks for through ``cfg.TRANSFER`` (``VOC_ROOT``,
+    ``VOC_LIKE_ROOT``, ``COCO_LIKE_ROOT``).
 
     Args:
         cfg (CfgNode): config with the ``TRANSFER`` node.
 
     Returns:
         list[str]: names registered or confirmed (empty when the config asks for nothing).
+
+    Raises:
+        FileNotFoundError: ``COCO_LIKE_ROOT`` lacks an annotation file or image folder (named,
+            with the fix).
     """
     names = []
     if cfg.TRANSFER.VOC_ROOT:
@@ -158,18 +216,69 @@ def register_from_config(cfg):
             )
         prefix, root = cfg.TRANSFER.VOC_LIKE_PREFIX, cfg.TRANSFER.VOC_LIKE_ROOT
         names += register_voc_like(prefix, root, classes)
+    if cfg.TRANSFER.COCO_LIKE_ROOT:
+        root = cfg.TRANSFER.COCO_LIKE_ROOT
+        missing = [
+            path
+            for split in COCO_SPLITS
+            for path in coco_like_files(os.path.abspath(os.path.expanduser(root)), split)
+            if not os.path.exists(path)
+        ]
+        if missing:
+            raise FileNotFoundError(
+                f"TRANSFER.COCO_LIKE_ROOT={root!r} lacks {missing}. Set it to a folder holding "
+                "annotations/instances_{train,val}.json and the image folders train/ and val/, "
+                f"or generate a synthetic set there: python -m synthetic coco {root}"
+            )
+        names += register_coco_like(cfg.TRANSFER.COCO_LIKE_PREFIX, root)
     return names
+
+
+def _root_setting(cfg, name):
+    """The setting that chose the root of the VOC-format set ``name`` (for messages)."""
+    if cfg.TRANSFER.VOC_LIKE_ROOT and name.startswith(cfg.TRANSFER.VOC_LIKE_PREFIX + "_"):
+        return "TRANSFER.VOC_LIKE_ROOT"
+    if cfg.TRANSFER.VOC_ROOT:
+        return "TRANSFER.VOC_ROOT"
+    return "DETECTRON2_DATASETS"
+
+
+def voc_root_hint(cfg, names):
+    """One line naming the setting to change when the year folder (``VOC2007/``) of a VOC-format
+    set in ``names`` is missing: a root one level too deep (a year folder itself), an unset
+    ``DETECTRON2_DATASETS``, or a root without the year folders. Returns "" when every year
+    folder is there."""
+    for name in names:
+        dirname = MetadataCatalog.get(name).get("dirname", None) if name in DatasetCatalog else None
+        if not dirname or os.path.isdir(dirname):
+            continue
+        root, key = os.path.dirname(os.path.normpath(dirname)), _root_setting(cfg, name)
+        want = "the folder holding VOC2007/ and VOC2012/"
+        if os.path.isdir(os.path.join(root, "ImageSets")):
+            return (
+                f"{key}={root!r} is itself a VOC year folder (it holds ImageSets/): set {key} to "
+                f"its parent {os.path.dirname(root) or '.'!r}, {want}."
+            )
+        if key == "DETECTRON2_DATASETS" and "DETECTRON2_DATASETS" not in os.environ:
+            return (
+                f"DETECTRON2_DATASETS is not set, so the VOC sets are read from {root!r} "
+                f"({os.path.abspath(root)}), which lacks {os.path.basename(dirname)}/: export "
+                f"DETECTRON2_DATASETS=<{want}>, or set TRANSFER.VOC_ROOT."
+            )
+        return f"{key}={root!r} lacks {os.path.basename(dirname)}/: set {key} to {want}."
+    return ""
 
 
 def check_datasets(cfg, workers=None):
     """Check every VOC-format data set of ``DATASETS.TRAIN`` and ``DATASETS.TEST`` up front.
 
     Called by ``detection.train_net`` before the model is built (training and ``--eval-only``),
-    so a bad annotation or a missing image stops the run before iteration 0, not hours later
-    in the data loader or in the final evaluation. Sets whose ``evaluator_type`` is
-    ``"pascal_voc"`` are scanned (test sets with the evaluator's stricter needs); a VOC set
-    registered with another loader (e.g. detectron2's ``register_pascal_voc``) gets the checked
-    loader first. Others are left to their own loaders.
+    so a bad annotation or an unreadable image stops the run before iteration 0, not hours
+    later in the data loader or in the final evaluation. Every image is decoded, once: with
+    several processes each decodes its share and the problems are gathered to all. Sets whose
+    ``evaluator_type`` is ``"pascal_voc"`` are scanned (test sets with the evaluator's stricter
+    needs); a VOC set registered with another loader (e.g. detectron2's
+    ``register_pascal_voc``) gets the checked loader first. Others are left to their own loaders.
 
     Args:
         cfg (CfgNode): the config.
@@ -205,7 +314,8 @@ def check_datasets(cfg, workers=None):
             loader = CheckedVOCLoader(meta.dirname, meta.split, meta.thing_classes)
             DatasetCatalog.remove(name)
             DatasetCatalog.register(name, loader)
-        scan = loader.scan(for_evaluation=name in test, workers=workers)
+        # every process checks the XML; the images are decoded once, shared out among them
+        scan = loader.scan(name in test, workers, (comm.get_rank(), comm.get_world_size()))
         problems += scan.problems
         if scan.clipped:
             logger.warning(
@@ -216,8 +326,15 @@ def check_datasets(cfg, workers=None):
                 scan.clipped[0],
             )
         counts[name] = len(scan.dicts)
+    if comm.get_world_size() > 1:  # the same list, in the same order, in every process
+        problems = list(dict.fromkeys(p for part in comm.all_gather(problems) for p in part))
     if problems:
-        raise VOCAnnotationError(format_problems(problems, f"the data sets {train + test}"))
+        message = format_problems(problems, f"the data sets {train + test}")
+        hint = voc_root_hint(cfg, train + test) or (
+            "Fix the files listed above (or drop those images from ImageSets/Main/<split>.txt), "
+            "then rerun the same command."
+        )
+        raise VOCAnnotationError(f"{message}\n{hint}")
     if counts:
         logger.info(
             "Checked %d images of %s in %.1fs: no problems",

@@ -7,6 +7,7 @@ running, else an exit status, 0 for success) and ``stop(handle)``, so the trial 
 
 import ctypes
 import ctypes.util
+import json
 import logging
 import os
 import signal
@@ -15,10 +16,17 @@ import sys
 import threading
 import time
 
+from submitit.helpers import CommandFunction
+
+from common.io import atomic_write_json
+from common.locks import RUN_LOCK, pid_alive
+from common.slurm import SlurmJob, make_executor, submit
+
 logger = logging.getLogger(__name__)
 
 # Set by LocalLauncher in a trial's environment: the pid of the runner the trial must die with.
 RUNNER_PID_ENV = "MOCO_TRIALS_RUNNER_PID"
+SLURM_JOB_RECORD = "slurm_job.json"  # in a trial folder: {"job_id", "folder"} of its SLURM job
 _PR_SET_PDEATHSIG = 1
 
 
@@ -49,22 +57,6 @@ def _prctl():
                 fn = None
         _PRCTL.append(fn)
     return _PRCTL[0]
-
-
-def pid_alive(pid):
-    """Whether process ``pid`` exists and is not a zombie (a killed process its parent has not
-    reaped yet is already dead for our purposes)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): os.kill is all we know
 
 
 def _end_trial(reason):
@@ -174,59 +166,85 @@ class LocalLauncher:
         proc.wait()
 
 
-class SlurmLauncher:
-    """Submit each trial as one SLURM job (one node, ``gpus_per_trial`` GPUs) with submitit.
+class JobCommand(CommandFunction):
+    """submitit's CommandFunction whose ``env`` is *added to* the job's environment rather than
+    replacing it, so the trial keeps what SLURM set for the job (``SLURM_JOB_ID``, the
+    allocated ``CUDA_VISIBLE_DEVICES``, ...)."""
 
-    Requires the optional extra ``pip install .[slurm]``; submitit is imported only here.
-    Job scripts and submitit's own logs go to ``folder``; the trial's output still goes to its
-    trial folder. Stopping the runner cancels its jobs, so a rerun never races a live job.
+    def __init__(self, command, extra_env, cwd):
+        """Args: command (list of str); extra_env (dict): variables to set on top of the job's
+        environment; cwd (str): the folder to run in."""
+        super().__init__(command, verbose=True, cwd=cwd)
+        self.extra_env = dict(extra_env)
+
+    def __call__(self, *args, **kwargs):
+        """Run the command in the job (see CommandFunction); returns its stdout."""
+        self.env = dict(os.environ, **self.extra_env)
+        return super().__call__(*args, **kwargs)
+
+
+class SlurmLauncher:
+    """Submit each trial as one SLURM job (one node, one task; detectron2's ``launch`` starts a
+    worker per GPU in it) through submitit (:mod:`common.slurm`).
+
+    Job scripts and logs go to ``folder``; ``<trial folder>/slurm_job.json`` records the trial's
+    job. Stopping the runner (Ctrl-C, SIGTERM) cancels its jobs. A runner that could not (killed
+    with SIGKILL, a lost login session) leaves them running, and the next runner *adopts* a
+    trial's job that is still queued or running instead of submitting a second one.
     """
 
-    def __init__(
-        self,
-        folder,
-        gpus_per_trial,
-        partition="",
-        timeout_min=4320,
-        cpus_per_task=10,
-        mem_gb=0,
-        constraint="",
-    ):
-        """Args: folder (str): submitit folder; gpus_per_trial (int); partition, constraint
-        (str, empty = cluster default); timeout_min (int); cpus_per_task (int, per GPU task);
-        mem_gb (int, 0 = cluster default)."""
-        try:
-            import submitit
-        except ImportError as e:  # an optional extra: say how to get it
-            raise ImportError("--slurm needs submitit: pip install '.[slurm]'") from e
-        self._submitit = submitit
-        self.executor = submitit.AutoExecutor(folder=folder)
-        params = dict(
+    inherits_fds = False  # a job runs elsewhere: the runner's lock descriptors cannot follow
+
+    def __init__(self, folder, args, gpus_per_trial, stop_timeout=120.0):
+        """Args: folder (str): submitit folder (on a file system the nodes share); args: the
+        options of :func:`common.slurm.add_slurm_args`; gpus_per_trial (int, 0: request no
+        GPU, for CPU trials); stop_timeout (float): how long :meth:`stop` waits for a cancelled
+        job to leave the queue."""
+        self.folder, self.stop_timeout = folder, stop_timeout
+        self._trial_dirs = {}  # job id -> trial folder
+        self.executor = make_executor(
+            folder,
+            args,
             name="moco-trials",
             nodes=1,
             tasks_per_node=1,  # detectron2's launch spawns one worker per GPU itself
             gpus_per_node=gpus_per_trial,
-            cpus_per_task=cpus_per_task * max(1, gpus_per_trial),
-            timeout_min=timeout_min,
+            cpus_per_task=args.slurm_cpus_per_gpu * max(1, gpus_per_trial),
         )
-        if partition:
-            params["slurm_partition"] = partition
-        if constraint:
-            params["slurm_constraint"] = constraint
-        if mem_gb:
-            params["mem_gb"] = mem_gb
-        self.executor.update_parameters(**params)
 
     def start(self, cmd, env, log_path):
-        """Submit ``cmd`` as a job (run from the current directory with ``env``). Returns the
-        submitit job; its output is in the submitit folder, named after the job id, which is
-        also appended to ``log_path``."""
-        fn = self._submitit.helpers.CommandFunction(cmd, verbose=True, cwd=os.getcwd(), env=env)
-        job = self.executor.submit(fn)
+        """Submit ``cmd`` as a job run from the current directory with the job's environment
+        plus what ``env`` (None: this environment) sets differently from this process's, or
+        adopt the job recorded next to ``log_path`` (in the trial folder) while it is queued or
+        running.
+        Returns the submitit job. The job id and the path of its output are appended to
+        ``log_path``."""
+        record = os.path.join(os.path.dirname(log_path), SLURM_JOB_RECORD)
+        job = self._live_job(record)
+        if job is not None:
+            message = f"adopting SLURM job {job.job_id} (submitted by an earlier runner)"
+        else:
+            # sbatch passes this environment to the job: send only what the trial adds to it
+            env = {} if env is None else env
+            extra = {k: v for k, v in env.items() if os.environ.get(k) != v}
+            fn = JobCommand(cmd, extra, cwd=os.getcwd())
+            job = submit(self.executor, fn)
+            atomic_write_json(record, {"job_id": job.job_id, "folder": self.folder})
+            message = f"submitted SLURM job {job.job_id}: {' '.join(cmd)}"
+        self._trial_dirs[job.job_id] = os.path.dirname(log_path)
         with open(log_path, "a") as log:
-            log.write(f"submitted SLURM job {job.job_id}: {' '.join(cmd)}\n")
-        logger.info("Submitted SLURM job %s", job.job_id)
+            log.write(f"{message}\nits output: {job.paths.stdout}\n")
+        logger.info("%s; output in %s", message, job.paths.stdout)
         return job
+
+    def _live_job(self, record):
+        try:
+            with open(record) as f:
+                recorded = json.load(f)
+            job = SlurmJob(folder=recorded["folder"], job_id=str(recorded["job_id"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        return None if job.done(force_check=True) else job
 
     def poll(self, job):
         """Return None while the job is queued or running, 0 if it succeeded, else 1."""
@@ -235,6 +253,31 @@ class SlurmLauncher:
         return 0 if job.exception() is None else 1
 
     def stop(self, job):
-        """Cancel the job if it is still queued or running."""
-        if not job.done():
-            job.cancel(check=False)
+        """Cancel the job if it is still queued or running, and wait (up to the timeout) until
+        SLURM has ended it, so that a rerun starts it afresh rather than adopting it."""
+        if _ended(job):
+            return
+        job.cancel(check=False)
+        deadline = time.time() + self.stop_timeout
+        while not _ended(job) and time.time() < deadline:
+            time.sleep(1.0)
+        if _ended(job):
+            self._drop_run_lock(job)
+
+    def _drop_run_lock(self, job):
+        # A cancelled train_net dies on SIGTERM without releasing the trial's run.lock; seen from
+        # another node, a lock that fresh stays "live" for STALE_LOCK_S, so the job a rerun
+        # submits there would be refused. The job has ended: its lock can go.
+        path = os.path.join(self._trial_dirs.get(job.job_id, ""), RUN_LOCK)
+        try:
+            with open(path) as f:
+                if json.load(f).get("slurm_job") == job.job_id:
+                    os.unlink(path)
+        except (OSError, ValueError, AttributeError):
+            pass
+
+
+def _ended(job):
+    """Whether SLURM has ended ``job`` (asked now). Not ``job.done()``, which is already true
+    once the job's function returned or failed, while its processes may still be running."""
+    return job.watcher.is_done(job.job_id, mode="force")

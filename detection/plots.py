@@ -5,15 +5,16 @@ r"""Figures and comparison tables of trial summaries (``summary.json`` from ``de
         --labels "random init" supervised "MoCo v2" --out output/compare
 
 ``compare`` writes ``<out>.md`` (mean ± sample std per metric, one row per summary) and
-``<out>.png`` (bars with std error bars). Figures use matplotlib's Agg renderer through
-``matplotlib.figure.Figure``, so no display and no global pyplot state are needed.
+``<out>.png`` (bars with std error bars). Figures are made by :mod:`common.plotting` (Agg, no
+display; matplotlib is imported when a figure is drawn, so the trial runner imports this module
+without loading it).
 """
 
 import argparse
 import logging
 import os
 
-from matplotlib.figure import Figure
+from common.plotting import new_figure, save_png
 
 from .summary import METRICS, load_summary
 
@@ -21,10 +22,11 @@ logger = logging.getLogger("detection.plots")
 
 
 def plot_trials(summary, path):
-    """Per-trial AP50 / AP / AP75 of one summary, with the mean (line), ± std (band) and the
-    reference (dashed) when present. Writes a PNG to ``path`` and returns ``path``."""
-    fig = Figure(figsize=(10, 3.2), layout="constrained")
-    axes = fig.subplots(1, len(METRICS))
+    """Per-trial AP50 / AP / AP75 of one summary (x: trial and its seed; failed trials have a
+    tick but no point), with the mean (line), ± std (band) and the reference (dashed) when
+    present. Writes a PNG to ``path`` and returns ``path``."""
+    fig, axes = new_figure(10, 3.6, 1, len(METRICS))
+    axes = axes[0]
     finished = [t for t in summary["trials"] if t.get("status") == "finished"]
     ref = summary.get("reference")
     for ax, m in zip(axes, METRICS):
@@ -35,10 +37,15 @@ def plot_trials(summary, path):
             ax.axhspan(mean - std, mean + std, color="C1", alpha=0.2, label="± std")
         if ref:
             ax.axhline(ref[m], color="k", linestyle="--", label=f"reference ({ref['name']})")
-        ax.set(title=m, xlabel="trial", xticks=[t["trial"] for t in summary["trials"]])
-    axes[0].legend(fontsize="small")
-    fig.savefig(path, dpi=100)
-    return path
+        ax.set_xticks(
+            [t["trial"] for t in summary["trials"]],
+            [f"{t['trial']}\n{t['seed']}" for t in summary["trials"]],
+        )
+        ax.set(title=m, xlabel="trial / seed")
+    axes[0].set_ylabel("test-set AP (%)")
+    # below the panels, so it never hides a point
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=4)
+    return save_png(fig, path)
 
 
 def _label_of(path):
@@ -69,10 +76,8 @@ def compare_markdown(summaries, labels):
 def plot_compare(summaries, labels, path):
     """Grouped bars (one group per metric, one bar per summary) of the means with std error
     bars. Writes a PNG to ``path`` and returns ``path``."""
-    fig = Figure(
-        figsize=(2.2 + 1.6 * len(METRICS) * max(1, len(labels)) / 2, 3.6), layout="constrained"
-    )
-    ax = fig.subplots()
+    fig, axes = new_figure(2.2 + 1.6 * len(METRICS) * max(1, len(labels)) / 2, 3.6)
+    ax = axes[0, 0]
     width = 0.8 / max(1, len(labels))
     for i, (label, s) in enumerate(zip(labels, summaries)):
         xs = [j + (i - (len(labels) - 1) / 2) * width for j in range(len(METRICS))]
@@ -80,10 +85,9 @@ def plot_compare(summaries, labels, path):
         stds = [(s["std"].get(m) or 0.0) for m in METRICS]
         ax.bar(xs, means, width, yerr=stds, capsize=3, label=f"{label} (n={s['num_finished']})")
     ax.set_xticks(range(len(METRICS)), METRICS)
-    ax.set_ylabel("test-set AP (%)")
-    ax.legend(fontsize="small")
-    fig.savefig(path, dpi=100)
-    return path
+    ax.set_ylabel("test-set AP (%), mean ± std")
+    fig.legend(loc="outside lower center", ncols=min(len(labels), 4))  # never over a bar
+    return save_png(fig, path)
 
 
 def main(argv=None):

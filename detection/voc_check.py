@@ -1,7 +1,7 @@
 """Strict checker and loader of PASCAL VOC(-format) splits: every bad input named, in one pass.
 
 :func:`scan_voc_split` reads ``<dirname>/ImageSets/Main/<split>.txt`` and, for every listed id,
-``Annotations/<id>.xml`` and the header of ``JPEGImages/<id>.jpg``; it returns detectron2's
+``Annotations/<id>.xml`` and decodes ``JPEGImages/<id>.jpg``; it returns detectron2's
 dataset dicts (exactly what ``detectron2.data.datasets.load_voc_instances`` returns for a valid
 split, so the scan *is* the loader and nothing is parsed twice) together with every problem
 found, each naming the file and what is wrong. :func:`load_checked_voc_instances` raises
@@ -20,9 +20,11 @@ What is checked, per listed id:
   :data:`BORDER_TOLERANCE_PX` pixel (``xmin = 0`` or ``xmax = width + 1``: 0-based
   coordinates written by a converter) is clipped to the image and counted in the log; further
   out, or negative, is an error;
-* the image exists, its header reads (PIL, no decode) and its size (after EXIF rotation, as
-  detectron2's ``read_image`` applies it) equals the XML's ``size``; detectron2 would otherwise
-  fail with ``SizeMismatchError`` in the middle of training;
+* the image exists and decodes whole by the project's reading rule
+  (:func:`common.images.read_rgb`: a file cut short after its header is found here, not after
+  the fine-tune), and its size (after EXIF rotation, as detectron2's ``read_image`` applies it)
+  equals the XML's ``size``; detectron2 would otherwise fail with ``SizeMismatchError`` in the
+  middle of training;
 * with ``for_evaluation=True`` (splits in ``DATASETS.TEST``) also what detectron2's
   ``PascalVOCDetectionEvaluator`` needs when it re-reads the XML after inference: ``<pose>``,
   integer ``<truncated>`` and ``<difficult>``, integer box coordinates.
@@ -40,7 +42,8 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 from detectron2.structures import BoxMode
-from PIL import Image, UnidentifiedImageError
+
+from common.images import UnreadableImage, read_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +62,6 @@ __all__ = [
 BORDER_TOLERANCE_PX = 1
 MAX_REPORTED = 20
 _COORDS = ("xmin", "ymin", "xmax", "ymax")
-_ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 _BATCH = 256  # ids per pool task: amortises the pool's per-task cost
 
 
@@ -194,17 +196,14 @@ def _fmt(box):
 
 
 def _image_problem(jpg, width, height):
-    """None if ``jpg`` exists and its header says ``width`` x ``height``, else the problem."""
+    """None if ``jpg`` decodes (the project's reading rule, :func:`common.images.read_rgb`) to
+    ``width`` x ``height`` after EXIF rotation, else the problem."""
     try:
-        with Image.open(jpg) as im:  # reads the header only; no decode
-            w, h = im.size
-            if im.format in ("JPEG", "MPO", "TIFF", "WEBP", "PNG"):
-                if im.getexif().get(0x0112) in _ROTATED:
-                    w, h = h, w
-    except FileNotFoundError:
-        return f"{jpg}: image missing"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        return f"{jpg}: not a readable image ({type(e).__name__}: {e})"
+        w, h = read_rgb(jpg).size
+    except UnreadableImage as e:
+        if not os.path.lexists(jpg):
+            return f"{jpg}: image missing"
+        return f"{jpg}: not a readable image ({e.reason})"
     if width is not None and height is not None and (w, h) != (width, height):
         return (
             f"{jpg}: image is {w}x{h} but its annotation says {width}x{height} "
@@ -213,14 +212,15 @@ def _image_problem(jpg, width, height):
     return None
 
 
-def _check_ids(dirname, ids, index, for_evaluation, check_images):
-    """Check a batch of ids. Returns a list of (fileid, record, dict, problems, clipped)."""
+def _check_ids(dirname, ids, index, for_evaluation, decode):
+    """Check a batch of ids, decoding the images of the ids in ``decode`` (a set). Returns a
+    list of (fileid, record, dict, problems, clipped)."""
     out = []
     for fileid in ids:
         xml = os.path.join(dirname, "Annotations", fileid + ".xml")
         jpg = os.path.join(dirname, "JPEGImages", fileid + ".jpg")
         record, problems, clipped = _parse(xml, index, for_evaluation)
-        if check_images:
+        if fileid in decode:
             w, h = (record["width"], record["height"]) if record else (None, None)
             problem = _image_problem(jpg, w, h)
             if problem:
@@ -276,7 +276,9 @@ def default_workers():
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def scan_voc_split(dirname, split, classes, for_evaluation=False, check_images=True, workers=None):
+def scan_voc_split(
+    dirname, split, classes, for_evaluation=False, check_images=True, workers=None, shard=(0, 1)
+):
     """Check and load one VOC-format split; never raises for bad data, reports it instead.
 
     Args:
@@ -284,8 +286,10 @@ def scan_voc_split(dirname, split, classes, for_evaluation=False, check_images=T
         split (str): e.g. ``"trainval"`` or ``"test"``.
         classes (Sequence[str]): class names in label order.
         for_evaluation (bool): also require what the VOC evaluator reads (see module doc).
-        check_images (bool): check each image's existence and header size.
+        check_images (bool): decode each image and check its size.
         workers (int or None): threads (None: :func:`default_workers`; 0 or 1: none).
+        shard (tuple): ``(i, n)``: decode only the images of every n-th id from the i-th, so
+            that n processes share the decoding (the XML files are all checked in each).
 
     Returns:
         SplitScan: ``dicts`` (detectron2 format, in list order; only for files without
@@ -298,12 +302,13 @@ def scan_voc_split(dirname, split, classes, for_evaluation=False, check_images=T
     index = {c: i for i, c in enumerate(classes)}
     batches = [ids[i : i + _BATCH] for i in range(0, len(ids), _BATCH)]
     workers = default_workers() if workers is None else workers
-    args = (index, for_evaluation, check_images)
+    rank, world = shard
+    args = (index, for_evaluation, set(ids[rank::world]) if check_images else set())
     if workers <= 1 or len(batches) <= 1:
         results = [_check_ids(dirname, b, *args) for b in batches]
     else:
-        # Threads, not processes: the per-file cost is mostly opening/reading small files
-        # (I/O, released GIL) and the dicts need no pickling back (benchmarks/voc_check.py).
+        # Threads, not processes: PIL decodes with the GIL released, file reads release it
+        # too, and the dicts need no pickling back (benchmarks/voc_check.py).
         with concurrent.futures.ThreadPoolExecutor(workers) as pool:
             results = list(pool.map(lambda b: _check_ids(dirname, b, *args), batches))
     for batch in results:

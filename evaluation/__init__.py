@@ -1,10 +1,5 @@
-"""Evaluation of pretrained encoders: weighted kNN (``knn``) and the linear protocol.
+"""Evaluation of pretrained encoders: the weighted kNN CLI (``knn``, on the kNN core of
+:mod:`pretrain.knn`) and the linear protocol (``linear``).
 
-The top of the package graph: it uses ``pretrain`` and ``convert``; neither imports it.
+It uses ``pretrain`` and ``convert``; neither imports it (docs/architecture.md, "Layers").
 """
-
-# From pretrain.knn, where the kNN core lives, not from .knn: importing the CLI module here made
-# `python -m evaluation.knn` warn that the module was already imported (runpy).
-from pretrain.knn import extract_features, knn_accuracy, knn_classify
-
-__all__ = ["extract_features", "knn_accuracy", "knn_classify"]

@@ -24,11 +24,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from detectron2.utils.file_io import PathManager
 from torch.utils.data import DataLoader
-from torchvision.datasets import ImageFolder
 
 from common.io import atomic_write
 from pretrain.augment import eval_transform
-from pretrain.knn import backbone_features, knn_classify
+from pretrain.knn import backbone_features, knn_classify, readable_batches
+from pretrain.labelled import LabelledImages, SkipCounter, check_same_classes, collate_readable
 
 __all__ = [
     "backbone_hash",
@@ -98,18 +98,27 @@ def extract_frozen_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Average-pooled, un-normalised backbone features of every sample of ``dataset``.
 
-    Input: a torchvision ResNet (its ``fc`` is skipped) and a dataset of (image tensor, label).
-    Output: (features N x D float32 on CPU, labels N int64), in dataset order. BN in eval mode.
+    Input: a torchvision ResNet (its ``fc`` is skipped) and a
+    :class:`pretrain.labelled.LabelledImages` (or any dataset of (image tensor, label)).
+    Output: (features N x D float32 on CPU, labels N int64) of the readable images, in dataset
+    order; unreadable ones are left out and named in the log. BN in eval mode.
     """
     device = device or next(backbone.parameters()).device
     was_training = backbone.training
     backbone.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
+    collate = collate_readable if isinstance(dataset, LabelledImages) else None
+    loader = DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, shuffle=False, collate_fn=collate
+    )
+    skipped = SkipCounter(getattr(dataset, "key", "data set"))
     feats, labels = [], []
-    for images, target in loader:
+    for images, target in readable_batches(loader, skipped):
         feats.append(backbone_features(backbone, images.to(device)).float().cpu())
         labels.append(torch.as_tensor(target))
     backbone.train(was_training)
+    skipped.report()
+    if not feats:
+        raise ValueError(f"{skipped.key}: none of its images could be read")
     return torch.cat(feats), torch.cat(labels).long()
 
 
@@ -122,7 +131,8 @@ def cached_features(
     workers: int = 4,
     device=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features of an ImageFolder ``dataset``, read from or written to ``cache_dir``.
+    """Features of an ImageFolder-like ``dataset`` (``samples``, ``classes``, ``transform``;
+    e.g. :class:`pretrain.labelled.LabelledImages`), read from or written to ``cache_dir``.
 
     ``backbone_key`` is :func:`backbone_hash` of the weights; the file name combines it with
     :func:`dataset_hash` of ``dataset.samples`` and its transform. Output as
@@ -210,9 +220,10 @@ def evaluate_cached(
     :func:`pretrain.knn.knn_classify` on the L2-normalised cached features.
     """
     tf = eval_transform(crop_size)
-    splits = {s: ImageFolder(os.path.join(data_root, s), tf) for s in ("train", "val")}
-    if splits["train"].classes != splits["val"].classes:
-        raise ValueError(f"{data_root}: train/ and val/ class folders differ")
+    splits = {
+        s: LabelledImages(os.path.join(data_root, s), tf, f"--data {s}/") for s in ("train", "val")
+    }
+    check_same_classes(splits["train"], splits["val"])
     feats = {
         s: cached_features(backbone, backbone_key, ds, cache_dir, batch_size, workers, device)
         for s, ds in splits.items()

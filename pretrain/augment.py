@@ -56,6 +56,13 @@ def jitter_preset(aug: str, jitter=None):
     return (0.4, 0.4, 0.4, 0.1) if aug == "aug+" else (0.4, 0.4, 0.4, 0.4)
 
 
+def augmentation_args(cfg) -> dict:
+    """The augmentation keys of ``cfg.INPUT`` (AUG, SIZE, CROP_SCALE, COLOR_JITTER, GRAY_P) as
+    keyword arguments of :func:`moco_transform` and :class:`BatchedMocoAug`."""
+    i = cfg.INPUT
+    return dict(aug=i.AUG, size=i.SIZE, scale=i.CROP_SCALE, jitter=i.COLOR_JITTER, gray_p=i.GRAY_P)
+
+
 def moco_transform(
     aug: str = "aug+", size: int = 224, scale=(0.2, 1.0), jitter=None, gray_p: float = 0.2
 ) -> T.Compose:

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 import torchvision
 from detectron2.utils import comm
 
+from common.configs import COMPILE_MODES
+
 from .distributed import broadcast_, concat_all_gather
 
 
@@ -179,15 +181,15 @@ def convert_split_bn(module: nn.Module, num_splits: int) -> nn.Module:
 # torch.compile backend for :func:`compile_encoders`; tests swap in "eager" (no C++ toolchain
 # work) to exercise the same code path cheaply.
 COMPILE_BACKEND = "inductor"
-COMPILE_MODES = ("", "default", "reduce-overhead", "max-autotune")
 
 
 def compile_encoders(model: "MoCo", mode: str) -> None:
     """Compile the query and key encoders of ``model`` in place with ``torch.compile``.
 
-    ``mode``: SOLVER.COMPILE, one of :data:`COMPILE_MODES` ("" = leave eager). Only the encoder
-    modules are compiled (``nn.Module.compile``), not the MoCo forward with its queue writes,
-    and no wrapper module is inserted, so state-dict keys stay free of ``_orig_mod.``.
+    ``mode``: SOLVER.COMPILE, one of :data:`common.configs.COMPILE_MODES` ("" = leave eager).
+    Only the encoder modules are compiled (``nn.Module.compile``), not the MoCo forward with its
+    queue writes, and no wrapper module is inserted, so state-dict keys stay free of
+    ``_orig_mod.``.
     """
     if mode not in COMPILE_MODES:
         raise ValueError(f"SOLVER.COMPILE={mode!r}; use one of {COMPILE_MODES}")

@@ -6,6 +6,7 @@ Format (docs/architecture.md): ``{"model", "optimizer", "optimizer_type", "scale
 What survives what is listed in docs/reliability.md.
 """
 
+import errno
 import glob
 import logging
 import math
@@ -19,10 +20,12 @@ import torch
 import torch.nn as nn
 from detectron2.utils.file_io import PathManager  # iopath, with detectron2's handlers
 
+from common.files import not_a_weights_file
 from common.io import atomic_write
+from common.runconfig import diff_lines, flatten_config, refuse_changes
 
 from .builder import build_moco
-from .config import get_pretrain_cfg
+from .config import RUN_KEYS, get_pretrain_cfg
 
 logger = logging.getLogger(__name__)
 FORMAT = "moco-detectron2/pretrain/v1"
@@ -36,6 +39,16 @@ MAX_ABS_WEIGHT = 1e6
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used: unreadable, not ours, unhealthy or mismatched."""
+
+
+class ForeignCheckpointError(CheckpointError, ValueError):
+    """A readable file that is not a pretraining checkpoint of this project (e.g. a torchvision
+    or MoCo release file, which ``convert.load_backbone`` reads). A ValueError too: the user
+    gave the wrong file (exit status 2, ``common.errors``)."""
+
+
+class NotACheckpointError(CheckpointError, ValueError):
+    """A path that plainly holds no checkpoint: a folder, a text file (a YAML config)."""
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -91,9 +104,10 @@ def resume_hint(last_good: str) -> str:
     """What to do after a divergence, given the last good checkpoint of the run ("" if none)."""
     if last_good:
         return (
-            f"The last good checkpoint is {last_good}: fix the cause and rerun; the run resumes "
-            f"from OUTPUT_DIR/last.pth automatically (or pass --resume {last_good}), "
-            "or start afresh with --no-auto-resume."
+            f"The last good checkpoint is {last_good}. A rerun with the same config resumes "
+            f"from it (OUTPUT_DIR/last.pth automatically, or --resume {last_good}), e.g. once "
+            "bad input data is fixed; a changed lr, warm-up or other recipe key is a new run: "
+            "start it with --no-auto-resume (or in a new OUTPUT_DIR)."
         )
     return (
         "No checkpoint of this run was written before it diverged: fix the cause and rerun "
@@ -138,42 +152,63 @@ _CHOICES = (
 )
 
 
-def load_checkpoint(path: str) -> dict:
+# Errors of reading that say the disk or the system failed, not the file: reported as such
+# (common.errors) instead of calling a healthy checkpoint corrupt.
+_READ_FAILURES = {errno.EIO, errno.ESTALE, errno.EACCES, errno.EPERM, errno.ENOMEM, errno.EMFILE}
+
+
+def _unreadable(path: str, e: Exception, choices: str) -> CheckpointError:
+    """The error for a checkpoint ``path`` that torch could not read (``e``)."""
+    size = os.path.getsize(path) if os.path.isfile(path) else -1
+    what = "is empty (0 bytes)" if size == 0 else "is truncated or corrupt"
+    return CheckpointError(
+        f"checkpoint {path!r} {what} and cannot be read ({type(e).__name__}: "
+        f"{str(e).splitlines()[0] if str(e) else ''}); {choices}"
+    )
+
+
+def load_checkpoint(path: str, choices: str = _CHOICES) -> dict:
     """Read a checkpoint written by :func:`save_checkpoint` onto the CPU.
 
     Raises FileNotFoundError for a missing file and :class:`CheckpointError` naming ``path``
-    and the choices for an empty, truncated or corrupt file or one of another format.
+    and ``choices`` (what the user can do instead; default: the resume options) for a folder, a
+    text file, an empty, truncated or corrupt file, or :class:`ForeignCheckpointError` for one
+    of another format.
     """
     if not PathManager.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist; check --resume / OUTPUT_DIR")
+    plainly = not_a_weights_file(path)
+    if plainly and not plainly.startswith("is empty"):
+        raise NotACheckpointError(f"checkpoint {path!r} {plainly}; {choices}")
     try:
         with PathManager.open(path, "rb") as f:
             # weights_only=False: the file holds numpy RNG state and a YAML string, from our runs
             ckpt = torch.load(f, map_location="cpu", weights_only=False)
+    except OSError as e:
+        if e.errno not in _READ_FAILURES:  # torch reports a truncated zip as EINVAL, etc.
+            raise _unreadable(path, e, choices) from e
+        raise OSError(e.errno, e.strerror, path) from e  # the disk failed, not the file
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
-        size = os.path.getsize(path) if os.path.isfile(path) else -1
-        what = "is empty (0 bytes)" if size == 0 else "is truncated or corrupt"
-        raise CheckpointError(
-            f"checkpoint {path!r} {what} and cannot be read ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}); {_CHOICES}"
-        ) from e
+        raise _unreadable(path, e, choices) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         fmt = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(
-            f"{path!r} is not a {FORMAT} checkpoint (format={fmt!r}); "
-            "reference-release files must be converted or loaded with strict key mapping"
+        raise ForeignCheckpointError(
+            f"{path!r} is not a checkpoint of this project's pretraining (format tag {fmt!r}, "
+            f"not {FORMAT!r}): --resume continues a run from its OUTPUT_DIR/last.pth or "
+            "checkpoint_NNNN.pth. Other files (a MoCo release, a torchvision or detectron2 "
+            "file) start no run here: pass the pretraining checkpoint, or drop --resume"
         )
     return ckpt
 
 
-def load_moco(path: str) -> Tuple[nn.Module, dict]:
+def load_moco(path: str, choices: str = _CHOICES) -> Tuple[nn.Module, dict]:
     """The MoCo model of a pretraining checkpoint, built from the config stored in it.
 
     Input: a file written by :func:`save_checkpoint`. Output: ``(model, ckpt)`` with the model
     on the CPU, weights loaded strictly, and the checkpoint dict (``epoch``, ``cfg``...).
-    Raises as :func:`load_checkpoint`.
+    Raises as :func:`load_checkpoint` (``choices`` as there).
     """
-    ckpt = load_checkpoint(path)
+    ckpt = load_checkpoint(path, choices)
     cfg = get_pretrain_cfg()
     cfg.merge_from_other_cfg(cfg.load_cfg(ckpt["cfg"]))
     model = build_moco(cfg)
@@ -186,14 +221,6 @@ def _periodic(output_dir: str) -> list:
     paths = glob.glob(os.path.join(output_dir, "checkpoint_*.pth"))
     paths = [p for p in paths if re.fullmatch(r"checkpoint_\d+\.pth", os.path.basename(p))]
     return sorted(paths, key=lambda p: int(re.findall(r"\d+", os.path.basename(p))[0]))[::-1]
-
-
-def find_resume_file(output_dir: str, resume: str = "") -> Optional[str]:
-    """The checkpoint to resume from: ``resume`` if given, else ``output_dir/last.pth`` if any."""
-    if resume:
-        return resume
-    last = os.path.join(output_dir, LAST)
-    return last if PathManager.exists(last) else None
 
 
 def _usable(path: str) -> dict:
@@ -234,6 +261,38 @@ def load_resume_checkpoint(output_dir: str, resume: str = "") -> Tuple[Optional[
     )
 
 
+def check_same_run(ckpt: dict, cfg, path: str, iters_per_epoch: int) -> None:
+    """Refuse to resume ``ckpt`` (read from ``path``) with a config that changes its run.
+
+    Compares the config saved in the checkpoint (missing keys: today's defaults) with ``cfg``
+    on :data:`pretrain.config.RUN_KEYS`, and the iterations per epoch the checkpoint's run had
+    (``iteration / epoch``) with ``iters_per_epoch``: another data set size, batch or number of
+    processes moves every later step of the lr schedule. Keys of ``FREE_KEYS`` (workers, log
+    period, output folder, compile, ...) may change. Returns None; raises
+    :class:`common.runconfig.ChangedRunError` listing each change as ``KEY: old -> new`` and
+    the choices. A checkpoint without a saved config is not checked.
+    """
+    if not ckpt.get("cfg"):
+        logger.warning("%s holds no config: cannot check that the resume is the same run", path)
+        return
+    old = flatten_config(get_pretrain_cfg())
+    old.update(flatten_config(get_pretrain_cfg().load_cfg(ckpt["cfg"])))
+    lines = diff_lines(old, flatten_config(cfg), RUN_KEYS)
+    epoch, iteration = ckpt.get("epoch", 0), ckpt.get("iteration", 0)
+    if epoch and iteration != epoch * iters_per_epoch:
+        lines.append(
+            f"iterations per epoch (DATA.TRAIN images / SOLVER.BATCH_SIZE, per process): "
+            f"{iteration / epoch:g} -> {iters_per_epoch}"
+        )
+    refuse_changes(
+        f"checkpoint {path}",
+        lines,
+        "Set these back to continue that run (its config is the checkpoint's 'cfg'), or start "
+        "a new run in a new OUTPUT_DIR (or with --no-auto-resume, which overwrites this "
+        "folder's last.pth after its first epoch).",
+    )
+
+
 def _optimizer_type(ckpt: dict) -> str:
     """Optimizer class name saved in ``ckpt`` (inferred from its param groups for old files)."""
     if ckpt.get("optimizer_type"):
@@ -260,7 +319,15 @@ def restore(ckpt: dict, model, optimizer=None, scaler=None, path: str = "") -> N
                 f"SOLVER.OPTIMIZER builds {now}: set SOLVER.OPTIMIZER {saved} to continue "
                 "that run, or start a new run with --no-auto-resume (or a new OUTPUT_DIR)"
             )
-    unwrap(model).load_state_dict(ckpt["model"])
+    try:
+        unwrap(model).load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # shapes or names differ: a model of another config
+        raise CheckpointError(
+            f"checkpoint {path or '<given>'} holds a model that does not fit this config "
+            f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e}); resume "
+            "it with the config it was saved with, or start a new run with --no-auto-resume "
+            "(or a new OUTPUT_DIR)"
+        ) from None
     if optimizer is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
     if scaler is not None and ckpt.get("scaler"):

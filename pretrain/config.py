@@ -4,12 +4,12 @@ Defaults are MoCo v2 on ImageNet (case (d) of the paper's ablation: MLP head, au
 200 epochs, batch 256 over 8 GPUs). YAML files in ``configs/pretrain/`` override them.
 """
 
-import difflib
-import re
-
 from detectron2.config import CfgNode as CN
 
+from common.configs import merge_config
+
 PIPELINES = ("pil", "batched", "device")  # values of INPUT.PIPELINE
+JPEG_DECODERS = ("auto", "torchcodec", "torchvision")  # values of INPUT.JPEG_DECODER
 
 _C = CN()
 # detectron2's CfgNode only merges YAML files into configs of its latest version (2); every
@@ -58,12 +58,16 @@ _C.register_renamed_key(
     "INPUT.PIPELINE",
     message='INPUT.BATCHED_AUG True is now INPUT.PIPELINE "batched" (False: "pil")',
 )
+# Batched JPEG decoder of the "device" pipeline: "torchcodec" (TorchCodec's decode_jpeg, the
+# maintained one), "torchvision" (torchvision.io.decode_jpeg, deprecated in torchvision 0.29)
+# or "auto" (TorchCodec where it is installed, else torchvision). Both give the same pictures.
+_C.INPUT.JPEG_DECODER = "auto"
 _C.INPUT.LOAD_SIZE = 0  # square size images are decoded to for "batched"; 0 = 1.15 x SIZE
 # Batches whose views are prepared ahead of the step, in a background thread (on CUDA on its own
 # stream): the copy to the device and, for "batched" / "device", the work done in the training
 # process (decoding, crops, colour). 0 = in line, before each step; -1 = 2 on CUDA and 0 on the
-# CPU, where the thread takes cores from the step (tiny CPU runs on 2 cores: 56 pairs/s against
-# 85 in line). The numbers do not depend on it (pretrain/prefetch.py). Needs
+# CPU, where the thread takes cores from the step (measured: docs/input_pipelines.md, "Views
+# made ahead of the step"). The numbers do not depend on it (pretrain/prefetch.py). Needs
 # DATA.NUM_WORKERS > 0 (with 0 the views are made in line).
 _C.INPUT.PREFETCH = -1
 
@@ -119,6 +123,84 @@ _C.CPU_THREADS = 0
 _C.CUDNN_BENCHMARK = True  # let cuDNN pick conv algorithms (fixed input sizes)
 
 
+# What a resume may change (pretrain.checkpoint.check_same_run, docs/reliability.md). Every key
+# of the config is in exactly one of the two lists (tests/pretrain/test_moco_run_identity.py).
+# RUN_KEYS make the run what it is: the model, the loss, the data augmentation, the optimizer
+# and its schedule, the seed. A resume with any of them changed is refused: the lr schedule,
+# the queue or the augmentation would become neither the old run's nor the new one's.
+# INPUT.PIPELINE is one of them: each pipeline draws its crops and colours from its own random
+# streams ("batched" crops from a decoded square, not from the full image), so a switch changes
+# the augmentation of the rest of the run and the bit-identical resume no longer holds.
+RUN_KEYS = (
+    "MODEL.ARCH",
+    "MODEL.WIDTH_PER_GROUP",
+    "MODEL.ZERO_INIT_RESIDUAL",
+    "MODEL.DIM",
+    "MODEL.MLP",
+    "MODEL.MLP_HIDDEN_DIM",
+    "MODEL.HEAD_BN",
+    "MODEL.OUT_BN",
+    "MODEL.K",
+    "MODEL.M",
+    "MODEL.T",
+    "MODEL.SHUFFLE_BN",
+    "MODEL.KEY_BN_SPLITS",
+    "MODEL.SYMMETRIC",
+    "INPUT.AUG",
+    "INPUT.SIZE",
+    "INPUT.CROP_SCALE",
+    "INPUT.COLOR_JITTER",
+    "INPUT.GRAY_P",
+    "INPUT.PIPELINE",
+    "INPUT.LOAD_SIZE",
+    "SOLVER.BATCH_SIZE",
+    "SOLVER.EPOCHS",
+    "SOLVER.BASE_LR",
+    "SOLVER.REFERENCE_LR",
+    "SOLVER.REFERENCE_BATCH",
+    "SOLVER.OPTIMIZER",
+    "SOLVER.MOMENTUM",
+    "SOLVER.WEIGHT_DECAY",
+    "SOLVER.SCHEDULE",
+    "SOLVER.STEPS",
+    "SOLVER.GAMMA",
+    "SOLVER.WARMUP_EPOCHS",
+    "SOLVER.WARMUP_ITERS",
+    "SOLVER.AMP",  # the arithmetic's precision (and fp16's grad-scaler state)
+    "SOLVER.MAX_ITERS_PER_EPOCH",  # the length of an epoch, hence of the schedule
+    "SEED",
+)
+# FREE_KEYS change where and how fast the same computation runs, or what is logged and
+# monitored. SOLVER.COMPILE is one of them: the compiled encoders compute the same functions
+# with the same state-dict keys (docs/pretrain_speed.md), as CHANNELS_LAST does in another
+# memory layout. DATA.TRAIN is a path, and a data set moved to another disk is the same data;
+# a data set of another size changes the iterations per epoch, which the resume checks itself.
+FREE_KEYS = (
+    "VERSION",
+    "MODEL.DEVICE",
+    "INPUT.PREFETCH",  # same numbers ahead of the step or in line (pretrain/prefetch.py)
+    # the same JPEG, the same random streams; the decoders differ by rounding only, and a node
+    # without TorchCodec must be able to continue a run started on one that has it
+    "INPUT.JPEG_DECODER",
+    "DATA.TRAIN",
+    "DATA.CACHE_DECODED",  # the same decoded squares, kept in memory
+    "DATA.NUM_WORKERS",  # augmentation is seeded per sample, not per worker
+    "DATA.KNN_TRAIN",
+    "DATA.KNN_VAL",
+    "SOLVER.CHANNELS_LAST",
+    "SOLVER.COMPILE",
+    "TEST.KNN_PERIOD",
+    "TEST.KNN_K",
+    "TEST.KNN_T",
+    "TEST.KNN_SIZE",
+    "CHECKPOINT_PERIOD",
+    "LOG_PERIOD",
+    "OUTPUT_DIR",
+    "CPU_THREADS",
+    "CUDNN_BENCHMARK",
+)
+
+
 def get_pretrain_cfg() -> CN:
     """Return a fresh copy of the default pretraining config (MoCo v2, case (d))."""
     return _C.clone()
@@ -131,31 +213,11 @@ def effective_lr(cfg: CN) -> float:
     return cfg.SOLVER.REFERENCE_LR * cfg.SOLVER.BATCH_SIZE / cfg.SOLVER.REFERENCE_BATCH
 
 
-def _all_keys(node: CN, prefix: str = "") -> list:
-    """Full dotted names of every key of ``node`` (sub-nodes and leaves)."""
-    keys = []
-    for k, v in node.items():
-        keys.append(prefix + k)
-        if isinstance(v, CN):
-            keys += _all_keys(v, prefix + k + ".")
-    return keys
-
-
-def _merge_error(e: Exception, source: str) -> ValueError:
-    """A ValueError naming ``source`` and, for an unknown key, the closest valid keys."""
-    msg = str(e.args[0]) if e.args else str(e)
-    match = re.search(r"Non-existent (?:config )?key: (\S+)", msg)
-    if not match:
-        return ValueError(f"invalid pretraining config in {source}: {msg}")
-    key = match.group(1)
-    depth = key.count(".")
-    valid = [k for k in _all_keys(_C) if k.count(".") == depth]
-    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.6)
-    if not close:  # a typo in a parent (SOLVR.BASE_LR): compare the last part under any parent
-        leaf = key.rsplit(".", 1)[-1]
-        close = [k for k in valid if depth and k.rsplit(".", 1)[-1] == leaf][:3]
-    hint = f"; did you mean {' or '.join(close)}?" if close else ""
-    return ValueError(f"unknown config key {key!r} in {source}{hint} (see pretrain/config.py)")
+# Keys only a detection config sets: such a file given to pretraining is named as one.
+_DETECTION_KEYS = {
+    "MODEL.META_ARCHITECTURE": "a detection config (run it with moco-detect or moco-trials)",
+    "DATASETS": "a detection config (run it with moco-detect or moco-trials)",
+}
 
 
 def load_cfg(config_file: str = "", opts=()) -> CN:
@@ -166,16 +228,15 @@ def load_cfg(config_file: str = "", opts=()) -> CN:
     naming the key and the fix for a value that cannot work (:func:`validate_cfg`).
     """
     cfg = get_pretrain_cfg()
-    if config_file:
-        try:
-            cfg.merge_from_file(config_file)
-        except (KeyError, ValueError, AssertionError) as e:
-            raise _merge_error(e, config_file) from e
-    if opts:
-        try:
-            cfg.merge_from_list(list(opts))
-        except (KeyError, ValueError, AssertionError) as e:
-            raise _merge_error(e, "the command-line overrides") from e
+    merge_config(
+        cfg,
+        config_file,
+        opts,
+        what="pretraining",
+        config_dir="configs/pretrain",
+        keys_doc="pretrain/config.py",
+        foreign=_DETECTION_KEYS,
+    )
     validate_cfg(cfg)
     cfg.freeze()
     return cfg
@@ -211,6 +272,10 @@ def validate_cfg(cfg: CN) -> None:
         (
             cfg.INPUT.PIPELINE in PIPELINES,
             f"INPUT.PIPELINE={cfg.INPUT.PIPELINE!r}: use one of {', '.join(PIPELINES)}",
+        ),
+        (
+            cfg.INPUT.JPEG_DECODER in JPEG_DECODERS,
+            f"INPUT.JPEG_DECODER={cfg.INPUT.JPEG_DECODER!r}: use one of {', '.join(JPEG_DECODERS)}",
         ),
         (
             cfg.INPUT.PREFETCH >= -1,

@@ -1,59 +1,31 @@
 """Pretraining data: image lists (ImageFolder roots or text files), two-view datasets, loaders.
 
-A corrupt or unreadable image never stops a run: it is logged with its path, counted, and
+Images are listed by :func:`common.images.scan_image_folder` and read by the project's one
+reading rule, :func:`common.images.read_rgb` (docs/input_pipelines.md, "Reading rule"). A
+corrupt or unreadable image never stops a run: it is logged with its path, counted, and
 replaced by the next readable image in the list (deterministically, so resumed runs see the same
 data). Which files were passed over travels with each sample, so the training loop can count
 distinct unreadable files across loader workers and epochs. For the "device" pipeline the
-dataset returns file bytes and decoding happens on the training device
-(:mod:`pretrain.device_input`).
+dataset returns file bytes, collated into one :class:`pretrain.device_input.EncodedBatch` per
+batch, and decoding happens on the training device (:mod:`pretrain.device_input`).
 """
 
-import io
 import logging
 import os
-from typing import List, NamedTuple, Sequence, Tuple
+from typing import List, Sequence
 
 import numpy as np
 import torch
 from detectron2.utils.file_io import PathManager  # iopath, with detectron2's handlers
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from .augment import TwoCropsTransform, moco_transform
+from common.images import UnreadableImage, read_image_bytes, read_rgb, scan_image_folder
+
+from .augment import TwoCropsTransform, augmentation_args, moco_transform
+from .device_input import EncodedImage, collate_encoded
 
 logger = logging.getLogger(__name__)
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMG_EXTENSIONS)
-
-
-def scan_image_folder(root: str, key: str = "DATA.TRAIN") -> Tuple[List[str], List[int], List[str]]:
-    """List an ImageFolder root ``root/<class>/*.<img>`` -> (paths, labels, class names), sorted.
-
-    Raises FileNotFoundError / ValueError naming ``key`` when the root is missing or holds no
-    images, with the expected layout in the message.
-    """
-    if not os.path.isdir(root):
-        raise FileNotFoundError(
-            f"{key}={root!r} does not exist or is not a directory; point {key} at an "
-            "ImageFolder root (root/<class>/<image>.jpg) or a text file listing image paths"
-        )
-    classes = sorted(d.name for d in os.scandir(root) if d.is_dir())
-    paths, labels = [], []
-    for label, cls in enumerate(classes):
-        for dirpath, _, files in sorted(os.walk(os.path.join(root, cls), followlinks=True)):
-            for name in sorted(files):
-                if _is_image(name):
-                    paths.append(os.path.join(dirpath, name))
-                    labels.append(label)
-    if not paths:
-        raise ValueError(
-            f"{key}={root!r} holds no images in class sub-folders (found {len(classes)} "
-            f"folders); expected root/<class>/<image> with extensions {IMG_EXTENSIONS}"
-        )
-    return paths, labels, classes
 
 
 def read_file_list(list_file: str, key: str = "DATA.TRAIN") -> List[str]:
@@ -115,7 +87,7 @@ class TwoViewDataset(Dataset):
     only for a deterministic ``transform`` such as :class:`LoadAsUint8` on a small dataset.
     ``read_bytes=True`` (the "device" pipeline) does not decode: a sample is
     ``(EncodedImage(bytes as a 1-D uint8 tensor, path), skip)``; only unreadable files (I/O
-    errors, empty files) are skipped here, decoding failures are handled on the device.
+    errors, empty files, FIFOs) are skipped here, decoding failures are handled on the device.
     """
 
     def __init__(
@@ -156,25 +128,18 @@ class TwoViewDataset(Dataset):
         for skipped in range(len(self.paths)):
             path = self.paths[(index + skipped) % len(self.paths)]
             try:
-                with PathManager.open(path, "rb") as f:
-                    if self.read_bytes:
-                        data = f.read()
-                        if not data:
-                            raise ValueError("empty file")
-                        out = EncodedImage(
-                            torch.frombuffer(bytearray(data), dtype=torch.uint8), path
-                        )
-                    else:
-                        out = self.transform(Image.open(f).convert("RGB"))
-            except Exception as e:  # any decode/IO failure: skip, never crash a long run
+                if self.read_bytes:
+                    data = read_image_bytes(path)
+                    out = EncodedImage(torch.frombuffer(bytearray(data), dtype=torch.uint8), path)
+                else:
+                    out = self.transform(read_rgb(path))
+            except UnreadableImage as e:  # skip, never crash a long run
                 if path not in self._warned:
                     self._warned.add(path)
-                    logger.warning(
-                        "Skipping unreadable image %s (%s: %s)", path, type(e).__name__, e
-                    )
+                    logger.warning("Skipping unreadable image %s", e)
                 continue
             return out, torch.tensor([index, skipped])
-        raise RuntimeError("no readable image in the whole dataset")
+        raise RuntimeError(f"no readable image among the {len(self.paths)} files of the data set")
 
 
 def skipped_indices(skip: torch.Tensor, n_images: int) -> List[int]:
@@ -183,56 +148,6 @@ def skipped_indices(skip: torch.Tensor, n_images: int) -> List[int]:
     return [
         (first + k) % n_images for first, count in skip.view(-1, 2).tolist() for k in range(count)
     ]
-
-
-class EncodedImage(NamedTuple):
-    """A file's undecoded bytes (1-D uint8 tensor) and its path (for log messages)."""
-
-    data: torch.Tensor
-    path: str
-
-
-def jpeg_components(data: torch.Tensor) -> int:
-    """Colour components of a JPEG from its header (1 gray, 3 YCbCr/RGB, 4 CMYK/YCCK).
-
-    ``data``: the file's bytes as a 1-D uint8 CPU tensor. PIL reads only the header here (no
-    decoding). Returns 0 when the bytes are not a JPEG PIL can open (the caller then decodes
-    the file another way).
-    """
-    try:
-        with Image.open(io.BytesIO(data.numpy().tobytes())) as img:
-            return len(img.getbands()) if img.format == "JPEG" else 0
-    except Exception:  # not an image PIL recognises, or a broken header
-        return 0
-
-
-class EncodedBatch(NamedTuple):
-    """Undecoded files of a batch: all bytes in one flat uint8 tensor (one shared-memory
-    transfer from a loader worker instead of one per file), per-file ``sizes``, ``paths`` and
-    JPEG ``components`` (:func:`jpeg_components`, read in the worker so the training process
-    does not scan headers)."""
-
-    flat: torch.Tensor
-    sizes: List[int]
-    paths: List[str]
-    components: List[int]
-
-    def files(self) -> List[torch.Tensor]:
-        """The per-file 1-D uint8 byte tensors (views into ``flat``)."""
-        return list(torch.split(self.flat, self.sizes))
-
-
-def collate_encoded(samples) -> Tuple[EncodedBatch, torch.Tensor]:
-    """DataLoader collate of ``(EncodedImage, skip)`` samples -> ``(EncodedBatch, Bx2 skip)``."""
-    images = [s[0] for s in samples]
-    flat = torch.cat([im.data for im in images])
-    batch = EncodedBatch(
-        flat,
-        [int(im.data.numel()) for im in images],
-        [im.path for im in images],
-        [jpeg_components(im.data) for im in images],
-    )
-    return batch, torch.stack([s[1] for s in samples])
 
 
 class LoadAsUint8:
@@ -272,20 +187,15 @@ def build_train_dataset(cfg) -> TwoViewDataset:
     if pipeline == "batched":
         transform = LoadAsUint8(load_size(cfg))
     else:
-        tf = moco_transform(
-            cfg.INPUT.AUG,
-            cfg.INPUT.SIZE,
-            cfg.INPUT.CROP_SCALE,
-            jitter=cfg.INPUT.COLOR_JITTER,
-            gray_p=cfg.INPUT.GRAY_P,
-        )
-        transform = TwoCropsTransform(tf)
+        transform = TwoCropsTransform(moco_transform(**augmentation_args(cfg)))
     # validate_cfg allows CACHE_DECODED only for "batched" (a deterministic transform)
     return TwoViewDataset(paths, transform, seed=cfg.SEED, cache=cfg.DATA.CACHE_DECODED)
 
 
 def build_train_loader(dataset, cfg, world_size: int, rank: int, pin_memory: bool):
-    """A drop_last loader over ``dataset`` with a DistributedSampler (seeded by SEED).
+    """A drop_last loader over ``dataset`` (:func:`build_train_dataset` of the same ``cfg``)
+    with a DistributedSampler (seeded by SEED); "device" batches are collated into
+    :class:`pretrain.device_input.EncodedBatch`.
 
     Returns (loader, sampler); call ``sampler.set_epoch(epoch)`` before each epoch. The
     per-process batch is SOLVER.BATCH_SIZE / world_size.
@@ -305,7 +215,7 @@ def build_train_loader(dataset, cfg, world_size: int, rank: int, pin_memory: boo
         dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=cfg.SEED, drop_last=True
     )
     workers = cfg.DATA.NUM_WORKERS
-    encoded = getattr(dataset, "read_bytes", False)
+    encoded = cfg.INPUT.PIPELINE == "device"  # the dataset yields file bytes
     loader = DataLoader(
         dataset,
         batch_size=per_proc,

@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from detectron2.utils import comm
 
+from common.launch import check_device
+
 logger = logging.getLogger(__name__)
 
 
@@ -68,12 +70,14 @@ def maybe_init_from_env(timeout_minutes: int = 30) -> bool:
     return True
 
 
-def select_device(name: str = "") -> torch.device:
+def select_device(name: str = "", key: str = "MODEL.DEVICE") -> torch.device:
     """Return the device to train on: ``name`` if given ("cpu", "cuda"), else CUDA when present.
 
     On CUDA the process's current device (its local rank) is used, so one code path serves every
-    launcher.
+    launcher. CUDA asked for where there is none raises ValueError naming ``key`` (the setting
+    ``name`` came from) and the fix.
     """
+    check_device(name, key=key)
     if not name:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":

@@ -23,6 +23,19 @@ import torch
 _DONE = object()
 
 
+def prefetch_depth(cfg, device) -> int:
+    """Batches whose views are made ahead of the step: ``INPUT.PREFETCH``, with -1 meaning 2 on
+    CUDA and 0 elsewhere, and 0 without loader workers (``DATA.NUM_WORKERS 0``). Without
+    workers the dataset runs in the thread that iterates the loader and seeds torch's
+    process-wide RNG per sample (:class:`pretrain.data.TwoViewDataset`), which the step also
+    draws from, so the views are then made in line."""
+    if cfg.DATA.NUM_WORKERS == 0:
+        return 0
+    if cfg.INPUT.PREFETCH >= 0:
+        return cfg.INPUT.PREFETCH
+    return 2 if torch.device(device).type == "cuda" else 0
+
+
 class Prefetcher:
     """Iterate ``(views, info, extra)`` for the ``(batch, extra)`` items of ``loader``, where
     ``views, info = make(batch)`` (``views``: a list of tensors).

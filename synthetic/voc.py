@@ -51,11 +51,13 @@ def render_detection_image(
     clutter: int = 6,
     size_range: tuple = (None, 1.0 / 3.0),
     distractor_p: float = 0.5,
+    with_masks: bool = False,
 ) -> tuple:
     """Render one detection image; returns ``(rgb float32 HxWx3, list of object dicts)``.
 
     Each object dict has ``name``, ``bbox`` (VOC 1-based xmin, ymin, xmax, ymax of the visible
-    pixels), ``truncated`` (cut by the image border) and ``difficult`` (small or mostly hidden).
+    pixels), ``truncated`` (cut by the image border) and ``difficult`` (small or mostly hidden);
+    with ``with_masks`` also ``mask``, its visible pixels (bool HxW; the pixels are the same).
     Objects are drawn in order, so later ones partly occlude earlier ones; radii are log-uniform
     in ``size_range`` (fractions of the short side; ``None`` as the lower end: 6 pixels).
     ``clutter`` is the number of background distractors and ``distractor_p`` the probability of
@@ -107,6 +109,8 @@ def render_detection_image(
                 "difficult": int(small or visible < 0.35),
             }
         )
+        if with_masks:
+            objects[-1]["mask"] = label == k
     return img, objects
 
 
@@ -131,25 +135,6 @@ def _annotation_xml(folder: str, filename: str, width: int, height: int, objects
             ET.SubElement(bnd, key).text = str(val)
     ET.indent(root)
     return root
-
-
-# The annotation checker lives with the detection code that uses it (``detection.voc_check``);
-# these names stay importable from here, loaded on first use so that generating data does not
-# import detectron2.
-_CHECKER_NAMES = (
-    "VOCAnnotationError",
-    "check_annotation",
-    "check_voc_split",
-    "load_checked_voc_instances",
-)
-
-
-def __getattr__(name):
-    if name in _CHECKER_NAMES:
-        from detection import voc_check
-
-        return getattr(voc_check, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def make_voc(

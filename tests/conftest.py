@@ -18,7 +18,12 @@ Both fixtures return the root as a ``pathlib.Path``; the generator's summary dic
 """
 
 import importlib.util
+import json
+import logging
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -113,6 +118,27 @@ def tiny_moco_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def slurm_cluster():
+    """A one-node SLURM cluster on this machine (tools/start_slurm.sh in $MOCO_SLURM_DIR,
+    default /tmp/moco-slurm); yields its slurm.conf, with SLURM_CONF set for the session.
+    Skips when there is none and none can be started, fails then under MOCO_REQUIRE_SLURM=1
+    (tests/slurm_cluster.py)."""
+    from slurm_cluster import cluster_session
+
+    yield from cluster_session(os.environ.get("MOCO_SLURM_DIR") or "/tmp/moco-slurm")
+
+
+@pytest.fixture
+def slurm(slurm_cluster):
+    """``slurm_cluster`` for one test: yields its slurm.conf, and afterwards cancels the jobs
+    the test left (a failed test must not hold the node for the next one)."""
+    from slurm_cluster import cancel_all_jobs
+
+    yield slurm_cluster
+    cancel_all_jobs()
+
+
+@pytest.fixture(scope="session")
 def load_benchmark():
     """``load_benchmark(name)``: import ``benchmarks/<name>.py`` (a script, not a package)."""
 
@@ -124,3 +150,96 @@ def load_benchmark():
         return module
 
     return load
+
+
+# Holds <folder>/run.lock as a running command would, prints "ready" and sleeps.
+_LOCK_HOLDER = (
+    "import os, sys, time\n"
+    "from common.locks import OutputLock\n"
+    "OutputLock(os.path.join(sys.argv[1], 'run.lock'), kind='run').acquire()\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(600)\n"
+)
+
+
+@pytest.fixture
+def lock_holder():
+    """``lock_holder(folder)``: start a process that holds ``<folder>/run.lock`` (its command
+    line ends with ``holder-marker``) and return its ``Popen`` once it holds the lock. Kill it
+    with ``kill()`` (SIGKILL, then reaped) to leave a dead owner's lock behind; any still
+    running at the end of the test are killed."""
+    procs = []
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def start(folder):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _LOCK_HOLDER, str(folder), "holder-marker"],
+            env=dict(os.environ, PYTHONPATH=repo),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        assert proc.stdout.readline().strip() == "ready"
+        return proc
+
+    def kill(proc):
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+    start.kill = kill
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            kill(proc)
+
+
+@pytest.fixture
+def one_writer_check(lock_holder, capsys, caplog, monkeypatch):
+    """``one_writer_check(main, argv, folder, module)``: the command ``main(argv)`` of
+    ``module`` (which launches through ``module.launch_from_args``) refuses while a live
+    process holds ``<folder>/run.lock`` (exit status 2, the owner's pid, start time and command
+    on stderr, nothing written), then takes the lock of that owner once it is dead (logged)
+    and holds it, as this process, while it launches; the lock is gone afterwards."""
+
+    def check(main, argv, folder, module):
+        lock = os.path.join(folder, "run.lock")
+        holder = lock_holder(folder)
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert f"{lock} is held: run pid {holder.pid} on " in err, err
+        assert "started 20" in err and "holder-marker" in err and f"kill {holder.pid}" in err
+        assert os.listdir(folder) == ["run.lock"]  # nothing of the command was written
+        lock_holder.kill(holder)
+        seen = []  # the lock's owner while the command "trains"
+        monkeypatch.setattr(
+            module, "launch_from_args", lambda run, args: seen.append(json.load(open(lock)))
+        )
+        with caplog.at_level(logging.WARNING, logger="common.locks"):
+            main(argv)
+        assert f"taking over the stale lock of run pid {holder.pid}" in caplog.text
+        assert [owner["pid"] for owner in seen] == [os.getpid()] and not os.path.exists(lock)
+
+    return check
+
+
+@pytest.fixture
+def cli_error(capsys, monkeypatch):
+    """``cli_error(main, argv)``: run the console entry point ``main(argv)``, which must stop
+    with an exit status (``common.errors.entry_point``); return ``(status, last, err)``: the
+    status, the last line it printed to stderr (what the user reads last) and all of stderr."""
+    # detectron2's setup_logger caches its console handlers, bound to the sys.stdout of the test
+    # that first asked; logging them after that test's capture closed prints "Logging error"
+    # on stderr, which a real command never meets.
+    monkeypatch.setattr(logging, "raiseExceptions", False)
+
+    def run(main, argv):
+        capsys.readouterr()  # only this command's output
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if line.strip()]
+        return exit_info.value.code, lines[-1] if lines else "", err
+
+    return run

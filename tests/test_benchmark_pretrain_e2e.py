@@ -42,3 +42,11 @@ def test_target_status_and_table(bench):
     lines = bench.format_table(rows).splitlines()
     assert lines[1].split()[:3] == ["a", "12.5", "3.0%"]
     assert lines[2].split()[1] == "unsupported:"
+
+
+def test_rows_a_full_name_selects_one_row_a_prefix_several(bench):
+    names = {"device eager": 0, "device compiled": 0, "device eager, in line": 0}
+    picked = [n for n in names if bench.selected(n, ["device eager"], names)]
+    assert picked == ["device eager"]
+    assert [n for n in names if bench.selected(n, ["device "], names)] == list(names)
+    assert bench.selected("anything", None, names)

@@ -8,7 +8,14 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ["benchmarks/gpu_lease.sh", "tools/build_wheelhouse.sh", "tools/install_offline.sh"]
+SCRIPTS = [
+    "benchmarks/gpu_lease.sh",
+    "benchmarks/gpu_check.sh",
+    "benchmarks/lease_lib.sh",
+    "tools/build_wheelhouse.sh",
+    "tools/install_offline.sh",
+    "tools/start_slurm.sh",
+]
 
 
 def _bash(*args, env=None):

@@ -40,6 +40,7 @@ def test_demo_smoke_end_to_end_and_rerun(tmp_path, capsys):
         "data/done.json",
         "pretrain/last.pth",
         "pretrain/metrics.json",
+        "pretrain/curves.png",
         "pretrain/moco_r50_c4.pkl",
         "knn.json",
         "detection/moco/summary.json",
@@ -68,6 +69,9 @@ def test_demo_smoke_end_to_end_and_rerun(tmp_path, capsys):
     text = (out / "report.md").read_text()
     assert "MoCo kNN > random-init kNN" in text and "AP50" in text
     assert "NOT CHECKED" in text and "| 0 |" in text  # the per-seed table
+    # the figures, linked relative to report.md (all checked to exist above)
+    for png in ("pretrain/curves.png", "comparison.png", "detection/moco/trials.png"):
+        assert f"]({png})" in text, png
 
     # A rerun finds every stage done: no new trial checkpoints, the same report.
     trial = next((out / "detection" / "moco").glob("trial_*"))
@@ -120,6 +124,21 @@ def test_ap50_claim_needs_a_paired_difference_beyond_noise():
     moco["trials"][1]["status"] = "failed"
     p = paired_difference({"moco": moco, "random_init": _summary([50, 51, 48])})
     assert p["seeds"] == [0, 2000]
+
+
+def test_no_report_from_an_init_without_finished_trials(tmp_path):
+    from demo.pipeline import write_report
+    from detection.summary import EmptySummaryError
+
+    (tmp_path / "report.md").write_text("an earlier report")
+    nothing = _summary([50, 51, 48])
+    for trial in nothing["trials"]:
+        trial["status"] = "failed"
+    knn = {"moco": 30.0, "random_init": 15.0, "chance": 12.5}
+    with pytest.raises(EmptySummaryError, match=r"no finished detection trial for \['moco'\]"):
+        write_report(str(tmp_path), knn, {"moco": nothing, "random_init": _summary([50, 51, 48])})
+    assert (tmp_path / "report.md").read_text() == "an earlier report"
+    assert sorted(os.listdir(tmp_path)) == ["report.md"]
 
 
 def test_gpu_preset_configs_build_and_fit_the_budget(tmp_path):

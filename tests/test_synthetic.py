@@ -13,6 +13,7 @@ from detectron2.data.datasets.pascal_voc import load_voc_instances, register_pas
 from PIL import Image
 
 import synthetic
+from detection import voc_check
 from synthetic.__main__ import main as synth_main
 
 
@@ -85,7 +86,7 @@ def test_voc_parses_with_detectron2(synthetic_voc_root):
         dirname = str(synthetic_voc_root / f"VOC{year}")
         dicts = load_voc_instances(dirname, split, synthetic.DET_CLASSES)
         assert len(dicts) == summary["splits"][f"VOC{year}/{split}"]["images"]
-        records = synthetic.check_voc_split(dirname, split, synthetic.DET_CLASSES)
+        records = voc_check.check_voc_split(dirname, split, synthetic.DET_CLASSES)
         for d, rec in zip(dicts, records):
             with Image.open(d["file_name"]) as im:
                 assert im.size == (d["width"], d["height"])
@@ -134,12 +135,12 @@ def test_malformed_annotation_names_the_file(synthetic_voc_root, tmp_path, how, 
     bad = dirname / "Annotations" / "000002.xml"
     _break(str(bad), how)
     # The good file passes, the broken one fails, both directly and through the split loader.
-    synthetic.check_annotation(str(dirname / "Annotations" / "000001.xml"), synthetic.DET_CLASSES)
-    with pytest.raises(synthetic.VOCAnnotationError, match=message) as err:
-        synthetic.check_annotation(str(bad), synthetic.DET_CLASSES)
+    voc_check.check_annotation(str(dirname / "Annotations" / "000001.xml"), synthetic.DET_CLASSES)
+    with pytest.raises(voc_check.VOCAnnotationError, match=message) as err:
+        voc_check.check_annotation(str(bad), synthetic.DET_CLASSES)
     assert str(bad) in str(err.value)
-    with pytest.raises(synthetic.VOCAnnotationError) as err:
-        synthetic.load_checked_voc_instances(str(dirname), "trainval", synthetic.DET_CLASSES)
+    with pytest.raises(voc_check.VOCAnnotationError) as err:
+        voc_check.load_checked_voc_instances(str(dirname), "trainval", synthetic.DET_CLASSES)
     assert str(bad) in str(err.value)
 
 
@@ -185,7 +186,7 @@ def test_voc_difficulty_options_bound_object_sizes(tmp_path):
         distractor_p=0.0,
         classes=classes,
     )
-    recs = synthetic.check_voc_split(str(tmp_path / "VOC2007"), "trainval", classes)
+    recs = voc_check.check_voc_split(str(tmp_path / "VOC2007"), "trainval", classes)
     sizes = []
     for rec in recs:
         assert 1 <= len(rec["objects"]) <= 2

@@ -49,7 +49,7 @@ BINARY=(
   "omegaconf==2.3.0" hydra-core pycocotools opencv-python-headless
   matplotlib contourpy cycler fonttools kiwisolver pyparsing python-dateutil six packaging
   tensorboard tensorboard-data-server absl-py grpcio markdown protobuf werkzeug markupsafe
-  "setuptools<81" black click mypy_extensions pathspec platformdirs pytokens
+  "setuptools<81" black click mypy_extensions pathspec platformdirs pytokens submitit
 )
 SDIST=(fvcore "antlr4-python3-runtime==4.9.3")
 if [ ${#WITHOUT[@]} -gt 0 ]; then

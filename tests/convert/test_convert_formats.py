@@ -1,6 +1,7 @@
 """Every supported input layout converts to the same tensors; every bad input fails loudly."""
 
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -105,11 +106,14 @@ def test_load_backbone_same_tensors_for_all_layouts(tmp_path, thin_sd, layouts):
         assert all(torch.equal(sd[k], ref[k]) for k in ref), name
 
 
-def test_unmatched_prefix_names_seen_prefixes(tmp_path, thin_sd):
+def test_unmatched_prefix_names_seen_prefixes(tmp_path, thin_sd, capsys):
     obj = {"state_dict": {f"module.encoder.{k}": v for k, v in thin_sd.items()}}
     dst = tmp_path / "out.pkl"
-    with pytest.raises(SystemExit, match=r"in\.pth.*--prefix 'module\.encoder\.'"):
+    with pytest.raises(SystemExit) as exit_info:
         _run_cli(tmp_path, obj)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exit_info.value.code == 2 and last.startswith("error: "), last
+    assert re.search(r"in\.pth.*--prefix 'module\.encoder\.'", last), last
     assert not dst.exists(), "a failed conversion must not write a file"
     with pytest.raises(CheckpointFormatError, match="no key starts with prefix 'backbone.'"):
         convert_checkpoint(obj, prefix="backbone.")

@@ -22,7 +22,7 @@ def checkpoint(tmp_path, thin_sd):
 
 
 @pytest.mark.parametrize("how", ["same path", "symlink", "hard link", "relative"])
-def test_input_equal_to_output_is_refused(tmp_path, checkpoint, how, monkeypatch):
+def test_input_equal_to_output_is_refused(tmp_path, checkpoint, how, monkeypatch, cli_error):
     before = checkpoint.read_bytes()
     if how == "same path":
         out = str(checkpoint)
@@ -35,16 +35,16 @@ def test_input_equal_to_output_is_refused(tmp_path, checkpoint, how, monkeypatch
     else:
         monkeypatch.chdir(tmp_path)
         out = "./last.pth"
-    with pytest.raises(SystemExit, match="is the input"):
-        main([str(checkpoint), out, "--overwrite"])  # --overwrite does not allow it either
+    status, last, _ = cli_error(main, [str(checkpoint), out, "--overwrite"])  # not with it either
+    assert status == 2 and last.startswith("error: output ") and "is the input" in last, last
     assert checkpoint.read_bytes() == before
 
 
-def test_existing_output_needs_overwrite(tmp_path, checkpoint):
+def test_existing_output_needs_overwrite(tmp_path, checkpoint, cli_error):
     out = tmp_path / "r50.pkl"
     out.write_bytes(b"old model")
-    with pytest.raises(SystemExit, match=r"r50\.pkl exists; pass --overwrite"):
-        main([str(checkpoint), str(out)])
+    status, last, _ = cli_error(main, [str(checkpoint), str(out)])
+    assert status == 2 and last == f"error: {out} exists; pass --overwrite to replace it", last
     assert out.read_bytes() == b"old model"
     main([str(checkpoint), str(out), "--overwrite"])
     with open(out, "rb") as f:

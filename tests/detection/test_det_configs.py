@@ -5,7 +5,7 @@ import os
 
 import pytest
 import yaml
-from det_helpers import CONFIG_DIR, TINY_CONFIG, load_cfg
+from det_helpers import CONFIG_DIR, TINY_CONFIG, flatten, load_cfg
 
 import synthetic
 from detection.config import SYNTHETIC_DET_CLASSES, resolve_single_process
@@ -46,16 +46,6 @@ def get(cfg, dotted):
     for key in dotted.split("."):
         cfg = cfg[key]
     return cfg
-
-
-def flatten(cfg, prefix=""):
-    out = {}
-    for key, value in cfg.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
 
 
 def test_there_are_configs():
@@ -154,6 +144,25 @@ def test_one_process_uses_plain_bn_and_no_amp_on_cpu():
     assert resolve_single_process(cfg, world_size=2) == [] and cfg.TRANSFER.EXTRA_NORM == "SyncBN"
 
 
+def test_several_cpu_processes_replace_torch_sync_bn():
+    # torch's SyncBatchNorm raises on CPU tensors: several CPU processes use detectron2's
+    # all-reduce BN instead; the recipe's naiveSyncBN and CUDA runs are left alone
+    opts = ("MODEL.DEVICE", "cpu", "MODEL.RESNETS.NORM", "SyncBN")
+    opts += ("TRANSFER.EXTRA_NORM", "nnSyncBN")
+    cfg = load_cfg(VOC_MOCO, *opts)
+    notes = resolve_single_process(cfg, world_size=2)
+    assert (cfg.MODEL.RESNETS.NORM, cfg.TRANSFER.EXTRA_NORM) == ("naiveSyncBN_N",) * 2
+    assert [n.split(" (")[0] for n in notes] == [
+        "MODEL.RESNETS.NORM SyncBN -> naiveSyncBN_N",
+        "TRANSFER.EXTRA_NORM nnSyncBN -> naiveSyncBN_N",
+    ]
+    cfg = load_cfg(VOC_MOCO, "MODEL.DEVICE", "cpu")
+    assert resolve_single_process(cfg, world_size=2) == []
+    assert cfg.MODEL.RESNETS.NORM == "naiveSyncBN"
+    cfg = load_cfg(VOC_MOCO, *opts[2:])  # MODEL.DEVICE cuda
+    assert resolve_single_process(cfg, world_size=2) == [] and cfg.MODEL.RESNETS.NORM == "SyncBN"
+
+
 @pytest.mark.parametrize("name", ["SGD", "AdamW", "Adam"])
 def test_transfer_optimizer_choice(name):
     import torch
@@ -161,11 +170,12 @@ def test_transfer_optimizer_choice(name):
     from detection.train_net import Trainer
 
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    cfg = load_cfg(TINY_CONFIG, "TRANSFER.OPTIMIZER", name, "SOLVER.BASE_LR", "0.5")
-    if name == "Adam":
-        with pytest.raises(ValueError, match="TRANSFER.OPTIMIZER"):
-            Trainer.build_optimizer(cfg, model)
+    opts = ("TRANSFER.OPTIMIZER", name, "SOLVER.BASE_LR", "0.5")
+    if name == "Adam":  # refused when the config is loaded, before anything is built
+        with pytest.raises(ValueError, match=r"TRANSFER.OPTIMIZER must be one of .*'Adam'"):
+            load_cfg(TINY_CONFIG, *opts)
         return
+    cfg = load_cfg(TINY_CONFIG, *opts)
     opt = Trainer.build_optimizer(cfg, model)
     assert isinstance(opt, {"SGD": torch.optim.SGD, "AdamW": torch.optim.AdamW}[name])
     groups = opt.param_groups

@@ -1,7 +1,9 @@
 """Per-trial figure and the comparison table/figure of several summaries."""
 
 import pytest
+from det_helpers import TINY_CONFIG
 
+from detection import trials as trials_mod
 from detection.plots import compare_markdown, main, plot_trials
 from detection.summary import aggregate, write_summary
 
@@ -46,3 +48,17 @@ def test_compare_table_and_figure(tmp_path):
 def test_single_trial_has_no_std():
     text = compare_markdown([summary_of([(80.0, 50.0, 55.0)])], ["one"])
     assert "| one | 1 | 80.00 | 50.00 | 55.00 |" in text
+
+
+def test_runner_summary_shows_the_trials_figure(tmp_path, monkeypatch):
+    def fake_run_trials(trials, *args, **kwargs):  # every trial finishes with given numbers
+        for t in trials:
+            t.update(status="finished", attempts=1, AP50=80.0 + t["trial"], AP=50.0, AP75=55.0)
+
+    monkeypatch.setattr(trials_mod, "run_trials", fake_run_trials)
+    argv = ["--config-file", TINY_CONFIG, "--output-dir", str(tmp_path), "--seeds", "0", "7"]
+    assert trials_mod.main(argv + ["--reference", "none"]) == 0
+    md = (tmp_path / "summary.md").read_text()
+    assert md.endswith("\n![AP50, AP and AP75 of each trial](trials.png)\n")
+    data = (tmp_path / "trials.png").read_bytes()
+    assert data.startswith(PNG_MAGIC) and len(data) > 5000

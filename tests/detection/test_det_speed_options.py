@@ -6,8 +6,8 @@ import pytest
 import torch
 from det_helpers import TINY_CONFIG, load_cfg, tiny_cfg
 
-from detection.config import validate_speed_options
-from detection.train_net import Trainer, apply_tf32
+from detection.speed import apply_speed_options, apply_tf32, speed_notes
+from detection.train_net import Trainer
 
 
 @pytest.mark.parametrize(
@@ -18,22 +18,27 @@ from detection.train_net import Trainer, apply_tf32
         ("TRANSFER.TF32", "yes"),
         ("TRANSFER.AMP_DTYPE", "fp8"),
         ("TRANSFER.PAD_SIZE_DIVISIBILITY", "-32"),
+        ("TRANSFER.OPTIMIZER", "Adam"),
     ],
 )
-def test_invalid_speed_option_names_the_key(key, value):
-    cfg = load_cfg(TINY_CONFIG, key, value)
+def test_invalid_speed_option_names_the_key_when_the_config_is_loaded(key, value):
     with pytest.raises(ValueError, match=key):
-        validate_speed_options(cfg)
+        load_cfg(TINY_CONFIG, key, value)
 
 
 def test_cuda_only_options_are_logged_no_ops_on_cpu(caplog):
     opts = ["TRANSFER.TF32", "on", "CUDNN_BENCHMARK", "True", "TRANSFER.COMPILE_RES5", "default"]
-    with caplog.at_level(logging.INFO, logger="detection.config"):
-        notes = validate_speed_options(load_cfg(TINY_CONFIG, *opts))
-    assert len(notes) == 3 and len(caplog.records) == 3
+    notes = speed_notes(load_cfg(TINY_CONFIG, *opts))
+    assert len(notes) == 3
     assert any("COMPILE_RES5" in n and "skipped" in n for n in notes)
     # on CUDA the same options are applied, not noted
-    assert validate_speed_options(load_cfg(TINY_CONFIG, *opts, "MODEL.DEVICE", "cuda")) == []
+    assert speed_notes(load_cfg(TINY_CONFIG, *opts, "MODEL.DEVICE", "cuda")) == []
+    # building the model logs each note
+    model = torch.nn.Module()
+    model.backbone, model.roi_heads = torch.nn.Identity(), torch.nn.Module()
+    with caplog.at_level(logging.INFO, logger="detection.speed"):
+        apply_speed_options(model, load_cfg(TINY_CONFIG, *opts))
+    assert [r.getMessage() for r in caplog.records] == [f"Speed option: {n}" for n in notes]
 
 
 @pytest.mark.parametrize("mode,expected", [("on", True), ("off", False)])

@@ -8,8 +8,17 @@ import os
 
 import pytest
 
-from detection.summary import REFERENCES, aggregate, format_csv, mean_std, write_summary
-from detection.trials import make_seeds, make_slots, read_final_metrics, run_trials, trial_dir
+from detection.scheduler import TrialOptions, TrialScheduler, make_slots, run_trials
+from detection.summary import (
+    REFERENCES,
+    aggregate,
+    format_csv,
+    format_markdown,
+    mean_std,
+    write_summary,
+)
+from detection.trial_folders import CorruptMetricsError, read_final_metrics, trial_dir
+from detection.trials import make_seeds
 
 
 def record(trial, ap50, ap, ap75, status="finished"):
@@ -87,6 +96,8 @@ def test_seeds_and_slots():
 class FakeLauncher:
     """Finishes each attempt at once with the planned outcome: "ok" writes final metrics."""
 
+    inherits_fds = False
+
     def __init__(self, plans):
         self.plans = plans  # trial index -> list of outcomes, one per attempt
         self.started, self.running, self.max_running = [], 0, 0
@@ -128,7 +139,7 @@ def command(t):
 def test_failed_trial_is_retried_once_then_reported(tmp_path):
     trials = make_trials(tmp_path, 3)
     launcher = FakeLauncher({0: ["ok"], 1: ["fail", "ok"], 2: ["fail", "fail"]})
-    run_trials(trials, launcher, command, [None], retries=1, poll_interval=0)
+    run_trials(trials, launcher, command, TrialOptions(retries=1, poll_interval=0))
     assert [t["status"] for t in trials] == ["finished", "finished", "failed"]
     assert [t["attempts"] for t in trials] == [1, 2, 2]
     assert launcher.max_running == 1  # one slot: one trial at a time
@@ -137,16 +148,71 @@ def test_failed_trial_is_retried_once_then_reported(tmp_path):
     assert summary["failed"] == [2] and summary["mean"]["AP"] == pytest.approx(50.5)
 
 
+def test_scheduler_steps_start_reap_and_requeue_a_failure_first(tmp_path):
+    trials = make_trials(tmp_path, 2)
+    launcher = FakeLauncher({0: ["fail", "ok"], 1: ["ok"]})  # each attempt runs for one poll
+    s = TrialScheduler(trials, launcher, command, TrialOptions(retries=1))
+    s.start_ready()  # one slot: trial 0 starts, trial 1 waits
+    assert [t["trial"] for t, _, _ in s.running.values()] == [0] and not s.free
+    assert [t["trial"] for t in s.pending] == [1]
+    s.reap_finished()  # still running
+    assert len(s.running) == 1
+    s.reap_finished()  # failed: its slot is free and it goes back to the front of the queue
+    assert not s.running and s.free == [0] and [t["trial"] for t in s.pending] == [0, 1]
+    s.tick()  # the retry starts (and is polled once)
+    assert trials[0]["attempts"] == 2 and [t["trial"] for t in s.pending] == [1]
+    for _ in range(3):
+        s.tick()
+    assert not s.pending and not s.running
+    assert [t["status"] for t in trials] == ["finished", "finished"]
+    assert [trial for trial, _ in launcher.started] == [0, 0, 1]
+
+
 def test_trials_share_gpus_and_finished_ones_are_skipped(tmp_path):
     trials = make_trials(tmp_path, 4)
     launcher = FakeLauncher({i: ["ok"] for i in range(4)})
-    run_trials(trials, launcher, command, make_slots([0, 1, 2, 3], 2), poll_interval=0)
+    options = TrialOptions(slots=make_slots([0, 1, 2, 3], 2), poll_interval=0)
+    run_trials(trials, launcher, command, options)
     assert launcher.max_running == 2
     assert {gpus for _, gpus in launcher.started} == {"0,1", "2,3"}
     assert all(t["status"] == "finished" for t in trials)
 
     again = make_trials(tmp_path, 5)  # one more trial: only that one runs
     launcher = FakeLauncher({4: ["ok"]})
-    run_trials(again, launcher, command, [None], poll_interval=0)
+    run_trials(again, launcher, command, TrialOptions(poll_interval=0))
     assert [trial for trial, _ in launcher.started] == [4]
     assert [t["AP"] for t in again] == [50.0, 51.0, 52.0, 53.0, 54.0]
+
+
+def test_mask_ap_is_read_and_summarised_after_the_box_ap(tmp_path):
+    results = {"bbox": {"AP50": 60.0, "AP": 35.0, "AP75": 37.0, "APs": float("nan")},
+               "segm": {"AP50": 56.0, "AP": 31.0, "AP75": 33.0}}  # fmt: skip
+    (tmp_path / "final_metrics.json").write_text(json.dumps({"results": results}))
+    metrics = read_final_metrics(str(tmp_path))
+    assert metrics == {"AP50": 60.0, "AP": 35.0, "AP75": 37.0,
+                       "mask_AP50": 56.0, "mask_AP": 31.0, "mask_AP75": 33.0}  # fmt: skip
+    records = [dict(metrics, trial=0, seed=0, status="finished"),
+               dict(metrics, trial=1, seed=1000, status="finished", mask_AP=33.0),
+               {"trial": 2, "seed": 2000, "status": "failed"}]  # fmt: skip
+    s = aggregate(records, reference="mocov2_200ep")
+    assert s["mean"]["mask_AP"] == pytest.approx(32.0)
+    assert s["std"]["mask_AP"] == pytest.approx(math.sqrt(2.0))
+    assert set(s["reference"]["delta"]) == {"AP50", "AP", "AP75"}  # references are box AP
+    md = format_markdown(s)
+    assert "| trial | seed | status | AP50 | AP | AP75 | mask AP50 | mask AP | mask AP75 |" in md
+    assert "| 1 | 1000 | finished | 60.00 | 35.00 | 37.00 | 56.00 | 33.00 | 33.00 |" in md
+    assert "| 2 | 2000 | failed | - | - | - | - | - | - |" in md
+    assert "| mean - reference | | | -22.40 | -22.00 | -26.60 | - | - | - |" in md
+    rows = list(csv.DictReader(io.StringIO(format_csv(s))))
+    assert float(rows[3]["mask_AP"]) == pytest.approx(32.0)  # the mean row
+    # box-only results (VOC) keep the box columns only
+    box_only = aggregate([record(0, 80.0, 50.0, 55.0)])
+    assert "mask" not in format_markdown(box_only) + format_csv(box_only)
+    assert set(box_only["mean"]) == {"AP50", "AP", "AP75"}
+
+
+def test_damaged_mask_results_are_reported(tmp_path):
+    results = {"bbox": {"AP50": 60.0, "AP": 35.0, "AP75": 37.0}, "segm": {"AP": 31.0}}
+    (tmp_path / "final_metrics.json").write_text(json.dumps({"results": results}))
+    with pytest.raises(CorruptMetricsError, match="results.segm lacks numeric AP50/AP/AP75"):
+        read_final_metrics(str(tmp_path))

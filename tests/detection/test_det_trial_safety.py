@@ -12,15 +12,12 @@ import time
 import pytest
 from det_helpers import REPO, TINY_CONFIG
 
+from detection import trial_folders
 from detection import trials as trials_mod
 from detection.launchers import pid_alive
-from detection.trials import (
-    CorruptMetricsError,
-    TrialLock,
-    TrialLockError,
-    run_trials,
-    trial_dir,
-)
+from detection.scheduler import TrialOptions, run_trials
+from detection.trial_folders import CorruptMetricsError, trial_dir
+from detection.trial_locks import TrialLock, TrialLockError
 
 # A trial: watches its runner like train_net does, starts a "worker" that watches too (as
 # detectron2's launch would), writes both pids, then sleeps. argv: output dir, mode.
@@ -52,13 +49,14 @@ time.sleep(600)
 RUNNER = """
 import sys
 import detection.launchers as L
-from detection.trials import run_trials, trial_dir
+from detection.scheduler import TrialOptions, run_trials
+from detection.trial_folders import trial_dir
 out, mode = sys.argv[1], sys.argv[2]
 if mode == "nopdeath":
     L._PRCTL[:] = [None]
 trials = [{"trial": 0, "seed": 0, "output_dir": trial_dir(out, 0, 0)}]
 run_trials(trials, L.LocalLauncher(), lambda t: [sys.executable, "-c", FAKE, t["output_dir"],
-           mode], [None], retries=0, log_period=1e9, poll_interval=0.1)
+           mode], TrialOptions(retries=0, log_period=1e9, poll_interval=0.1))
 """
 
 
@@ -83,6 +81,8 @@ def _all_dead(pids, timeout=5.0):
 
 class OneShotLauncher:
     """In-process launcher whose trials finish at once with fixed metrics."""
+
+    inherits_fds = False
 
     def __init__(self):
         self.started = []
@@ -118,7 +118,7 @@ def test_trials_die_with_a_killed_runner_and_a_rerun_waits_for_them(tmp_path, mo
         with pytest.raises(
             TrialLockError, match=rf"trial_0_seed_0\.lock is held: runner pid {runner.pid}"
         ):
-            run_trials(_one_trial(out), OneShotLauncher(), lambda t: [t["output_dir"]], [None])
+            run_trials(_one_trial(out), OneShotLauncher(), lambda t: [t["output_dir"]])
         runner.send_signal(signal.SIGKILL)
         runner.wait(timeout=30)
         survivors = _all_dead([trial_pid, worker_pid])
@@ -133,7 +133,7 @@ def test_trials_die_with_a_killed_runner_and_a_rerun_waits_for_them(tmp_path, mo
     # (waiting a little: the kernel may release a dead process's lock a moment after it died)
     launcher = OneShotLauncher()
     trials = run_trials(
-        _one_trial(out), launcher, lambda t: [t["output_dir"]], [None], lock_wait_s=10
+        _one_trial(out), launcher, lambda t: [t["output_dir"]], TrialOptions(lock_wait_s=10)
     )
     assert trials[0]["status"] == "finished" and len(launcher.started) == 1
     assert not os.path.exists(trials[0]["output_dir"] + ".lock")
@@ -178,7 +178,7 @@ def test_damaged_final_metrics_is_reported_not_rerun(tmp_path, content):
         f.write(content)
     launcher = OneShotLauncher()
     with pytest.raises(CorruptMetricsError, match=rf"{path}: .*delete it") as err:
-        run_trials(trials, launcher, lambda t: [t["output_dir"]], [None])
+        run_trials(trials, launcher, lambda t: [t["output_dir"]])
     assert launcher.started == [] and open(path).read() == content
     assert "not starting anything" in str(err.value)
     # The command line says so and exits with 2, before any trial starts.
@@ -194,13 +194,13 @@ def test_a_rerun_with_another_config_is_refused(tmp_path, monkeypatch):
     out = str(tmp_path)
     argv = ["--config-file", TINY_CONFIG, "--output-dir", out, "--seeds", "0", "7"]
     argv += ["--reference", "none"]
-    config = trials_mod.comparable_config(load_cfg(TINY_CONFIG, ["SOLVER.BASE_LR", "0.01"]))
+    config = trial_folders.comparable_config(load_cfg(TINY_CONFIG, ["SOLVER.BASE_LR", "0.01"]))
     assert "SOLVER.BASE_LR" in config and "OUTPUT_DIR" not in config and "SEED" not in config
     # trial 1 was started earlier with lr 0.01 (it holds the config it was launched with)
     trials = [
         {"trial": i, "seed": s, "output_dir": trial_dir(out, i, s)} for i, s in [(0, 0), (1, 7)]
     ]
-    trials_mod.write_trial_config(trials[1], config)
+    trial_folders.write_trial_config(trials[1], config)
     launched = []
 
     def fake_run_trials(trials, *args, **kwargs):  # records the call; every trial "failed"
@@ -214,15 +214,14 @@ def test_a_rerun_with_another_config_is_refused(tmp_path, monkeypatch):
     assert len(launched) == 1
     # ... another one is refused before anything starts, naming the folder and the change
     with pytest.raises(
-        trials_mod.ChangedConfigError, match=r"trial_1_seed_7: SOLVER.BASE_LR: 0.01 -> 0.02"
+        trial_folders.ChangedConfigError, match=r"trial_1_seed_7: SOLVER.BASE_LR: 0.01 -> 0.02"
     ):
-        trials_mod.check_trial_configs(
-            trials, trials_mod.comparable_config(load_cfg(TINY_CONFIG, ["SOLVER.BASE_LR", "0.02"]))
-        )
+        new = trial_folders.comparable_config(load_cfg(TINY_CONFIG, ["SOLVER.BASE_LR", "0.02"]))
+        trial_folders.check_trial_configs(trials, new)
     assert trials_mod.main(argv + ["SOLVER.BASE_LR", "0.02"]) == 2
     assert len(launched) == 1
     log = open(os.path.join(out, "trials.log")).read()
     assert "SOLVER.BASE_LR: 0.01 -> 0.02" in log and "new --output-dir" in log
     # the record is written once, when a trial is first launched, and never rewritten
-    trials_mod.write_trial_config(trials[1], {"other": 1})
+    trial_folders.write_trial_config(trials[1], {"other": 1})
     assert json.load(open(os.path.join(trials[1]["output_dir"], "trial_config.json"))) == config

@@ -3,48 +3,17 @@ skipped, the summary holds every trial. Runs real `python -m detection.train_net
 
 import json
 import math
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from det_helpers import REPO, TINY_CONFIG
+from det_helpers import REPO, TINY_CONFIG, processes_mentioning, runner_args, runner_env
 from detectron2.engine import default_argument_parser
 
 from detection import train_net
 
 TIMEOUT = 600  # generous: the machine is shared
-
-
-def runner_args(out, voc_root):
-    return [
-        sys.executable, "-m", "detection.trials", "--config-file", TINY_CONFIG,
-        "--output-dir", str(out), "--num-trials", "2", "--log-period", "5",
-        "--reference", "none",
-        "TRANSFER.VOC_LIKE_ROOT", str(voc_root), "SOLVER.MAX_ITER", "4",
-        "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.STEPS", "(3,)", "SOLVER.WARMUP_ITERS", "1",
-        "TEST.PRECISE_BN.NUM_ITER", "1",
-    ]  # fmt: skip
-
-
-def runner_env():
-    # One OpenMP thread per process: two threads spinning on a shared 2-core machine are slower.
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=REPO)
-
-
-def processes_mentioning(text):
-    """PIDs whose command line contains ``text`` (Linux /proc)."""
-    pids = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if text.encode() in f.read():
-                    pids.append(int(pid))
-        except OSError:
-            continue
-    return pids
 
 
 @pytest.mark.slow

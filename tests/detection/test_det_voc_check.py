@@ -100,10 +100,9 @@ def test_every_bad_input_is_named(voc12, tmp_path):
         assert found, (path, message, scan.problems)
     with pytest.raises(VOCAnnotationError, match=r"^12 problem\(s\) in .*trainval\.txt"):
         load_checked_voc_instances(str(d), "trainval", CLASSES)
-    # The old entry points (synthetic) are this checker.
-    assert synthetic.check_voc_split is voc_check.check_voc_split
-    with pytest.raises(synthetic.VOCAnnotationError, match="unicorn"):
-        synthetic.check_annotation(str(ann / "000002.xml"), CLASSES)
+    # one file alone: the same problem
+    with pytest.raises(VOCAnnotationError, match="unicorn"):
+        voc_check.check_annotation(str(ann / "000002.xml"), CLASSES)
 
 
 def test_report_is_capped_and_counted(voc12, tmp_path):
@@ -206,3 +205,38 @@ def test_check_datasets_parses_once_and_names_unregistered_sets(tiny_voc_root, m
         VOCAnnotationError, match="'nowhere_test' in DATASETS.TEST is not registered"
     ):
         check_datasets(cfg)
+
+
+def test_test_image_cut_short_after_its_header_stops_setup(tiny_voc_root, tmp_path):
+    """A test-split JPEG whose header is whole (its size reads) but whose data is cut short is
+    found by train_net's setup, before the model is built, not by the final evaluation."""
+    root = tmp_path / "voc"
+    shutil.copytree(tiny_voc_root, root)
+    test_id = (root / "VOC2007/ImageSets/Main/test.txt").read_text().split()[-1]
+    jpg = root / "VOC2007/JPEGImages" / f"{test_id}.jpg"
+    data = jpg.read_bytes()
+    jpg.write_bytes(data[: data.index(b"\xff\xda") + 60])  # the header and 60 bytes of scan
+    with Image.open(jpg) as im:
+        assert min(im.size) > 0  # a header-only check would pass it
+    args = default_argument_parser().parse_args(
+        ["--config-file", TINY_CONFIG, "TRANSFER.VOC_LIKE_ROOT", str(root),
+         "OUTPUT_DIR", str(tmp_path / "out")]
+    )  # fmt: skip
+    with pytest.raises(VOCAnnotationError) as err:
+        train_net.setup(args)
+    msg = str(err.value)
+    assert msg.startswith("1 problem(s)")
+    assert f"{jpg}: not a readable image (JPEG image data cut short or corrupt" in msg
+
+
+def test_processes_share_the_decoding(voc12, tmp_path):
+    """shard (i, n): each of n processes decodes every n-th image; together they find all."""
+    d = _copy(voc12, tmp_path)
+    ids = (d / "ImageSets/Main/trainval.txt").read_text().split()
+    for fileid in ids[:2]:  # two neighbours: one in each shard
+        jpg = d / "JPEGImages" / f"{fileid}.jpg"
+        jpg.write_bytes(jpg.read_bytes()[:200])
+    shares = [scan_voc_split(str(d), "trainval", CLASSES, shard=(i, 2)) for i in range(2)]
+    found = [[p.split(":")[0].rsplit("/", 1)[1] for p in s.problems] for s in shares]
+    assert found == [[f"{ids[0]}.jpg"], [f"{ids[1]}.jpg"]]
+    assert all(len(s.dicts) == len(ids) - 1 for s in shares)  # XML checked in both

@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from evaluation.features import cached_features, lr_at_epoch, make_linear_head
-from evaluation.knn import backbone_features
 from evaluation.linear import build_parser, check_backbone_unchanged, load_backbone_model, run
+from pretrain.knn import backbone_features
 
 
 def _args(ckpt, data, out, *extra):

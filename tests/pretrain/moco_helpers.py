@@ -27,6 +27,16 @@ TINY_CONFIG = os.path.join(
 )
 
 
+# A smaller model and two epochs in one process, for tests that only need training to run.
+TWO_SHORT_EPOCHS = dict(
+    DATA__NUM_WORKERS=0,
+    MODEL__MLP_HIDDEN_DIM=32,
+    MODEL__K=16,
+    MODEL__KEY_BN_SPLITS=2,
+    SOLVER__EPOCHS=2,
+)
+
+
 def tiny_train_cfg(train_root, out, pipeline: str, **opts):
     """configs/pretrain/tiny_synthetic.yaml for a seconds-long CPU run on ``train_root``.
 
@@ -46,3 +56,31 @@ def tiny_train_cfg(train_root, out, pipeline: str, **opts):
     }
     base.update({k.replace("__", "."): v for k, v in opts.items()})
     return load_cfg(TINY_CONFIG, [x for kv in base.items() for x in map(str, kv)])
+
+
+def two_process_opts(data, out, epochs, iters, **opts):
+    """KEY VALUE overrides (list of str) of configs/pretrain/tiny_synthetic.yaml for a run of two
+    CPU processes of one thread (torchrun, SLURM): a ResNet-18, 32 px crops, global batch 8 (4
+    per process), key BN shuffled across the processes, K=24 (the queue pointer wraps around),
+    ``epochs`` epochs of ``iters`` steps, a log line per step, no kNN monitor, data from
+    ``data``, output in ``out``; ``opts`` override or add keys, ``__`` for ``.``."""
+    base = {
+        "DATA.TRAIN": data,
+        "DATA.KNN_TRAIN": "",
+        "DATA.KNN_VAL": "",
+        "OUTPUT_DIR": out,
+        "MODEL.ARCH": "resnet18",
+        "MODEL.WIDTH_PER_GROUP": 0,
+        "MODEL.MLP_HIDDEN_DIM": 64,
+        "MODEL.K": 24,
+        "MODEL.KEY_BN_SPLITS": 1,
+        "INPUT.SIZE": 32,
+        "INPUT.LOAD_SIZE": 40,
+        "SOLVER.BATCH_SIZE": 8,
+        "SOLVER.EPOCHS": epochs,
+        "SOLVER.MAX_ITERS_PER_EPOCH": iters,
+        "LOG_PERIOD": 1,
+        "CPU_THREADS": 1,
+    }
+    base.update({k.replace("__", "."): v for k, v in opts.items()})
+    return [x for kv in base.items() for x in map(str, kv)]

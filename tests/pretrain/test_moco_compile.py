@@ -15,7 +15,9 @@ from torch._dynamo.utils import counters
 import pretrain.builder as builder
 from pretrain.builder import MoCo, compile_encoders
 from pretrain.config import get_pretrain_cfg
-from pretrain.engine import LoopContext, train_one_epoch
+from pretrain.engine import train_one_epoch
+from pretrain.meter import TrainMeter
+from pretrain.views import PilViews, ViewGenerators
 
 BATCH = 4
 
@@ -23,9 +25,10 @@ BATCH = 4
 def _loader(n=4):
     """(views, skipped) batches like the PIL-path loader."""
     g = torch.Generator().manual_seed(0)
-    for _ in range(n):
-        views = [torch.randn(BATCH, 3, 8, 8, generator=g) for _ in range(2)]
-        yield views, torch.zeros(BATCH, 2, dtype=torch.long)  # (first, count) per sample
+    skipped = torch.zeros(BATCH, 2, dtype=torch.long)  # (first, count) per sample
+    return [
+        ([torch.randn(BATCH, 3, 8, 8, generator=g) for _ in range(2)], skipped) for _ in range(n)
+    ]
 
 
 def _moco():
@@ -87,11 +90,11 @@ def test_compiled_encoders_keep_keys_and_results(eager_backend):
 def test_compile_start_up_is_logged(eager_backend):
     cfg = get_pretrain_cfg()
     cfg.LOG_PERIOD = 100
+    cfg.SOLVER.COMPILE = "default"
     model = _moco()
     compile_encoders(model, "default")
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
-    ctx = LoopContext(device=torch.device("cpu"), iters_per_epoch=4, compile_mode="default")
-    log = logging.getLogger("pretrain.engine")
+    log = logging.getLogger("pretrain.meter")
     level, records = log.level, []
     handler = logging.Handler()
     handler.emit = records.append
@@ -99,7 +102,18 @@ def test_compile_start_up_is_logged(eager_backend):
     log.setLevel(logging.INFO)
     try:
         with EventStorage(0) as storage:
-            train_one_epoch(model, _loader(), opt, None, 0, cfg, ctx)
+            train_one_epoch(
+                model,
+                _loader(),
+                opt,
+                None,
+                0,
+                0,
+                cfg,
+                view_maker=PilViews("cpu"),
+                generators=ViewGenerators(None, None),
+                meter=TrainMeter(cfg),
+            )
             assert storage.histories()["compile_startup_s"].latest() > 0
     finally:
         log.removeHandler(handler)

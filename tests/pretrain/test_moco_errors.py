@@ -17,15 +17,14 @@ from pretrain.checkpoint import (
     weights_problem,
 )
 from pretrain.config import get_pretrain_cfg, load_cfg
-from pretrain.engine import LoopContext, _check_finite, loss_limit
+from pretrain.engine import check_loss, loss_limit
 from pretrain.train_net import _warn_queue_size, train
 
 
 def test_non_finite_loss_names_step_lr_and_hint():
-    ctx = LoopContext(device=torch.device("cpu"), iters_per_epoch=10, iteration=37)
     with pytest.raises(FloatingPointError, match=r"epoch 3, iteration 37 \(lr 0\.5\).*BASE_LR"):
-        _check_finite(torch.tensor(float("nan")), 3, ctx, 0.5)
-    _check_finite(torch.tensor(1.0), 3, ctx, 0.5)  # finite: no error
+        check_loss(float("nan"), math.inf, 3, 37, 0.5)
+    check_loss(1.0, math.inf, 3, 37, 0.5)  # finite: no error
 
 
 def test_queue_larger_than_dataset_warns_with_fix(caplog):
@@ -61,14 +60,12 @@ def test_loss_above_the_possible_maximum_is_an_explosion():
     limit = loss_limit(K=24, T=0.2)
     assert limit == pytest.approx(math.log(25) + 10 + 1)
     assert loss_limit(K=24, T=0.2, symmetric=True) == pytest.approx(2 * (math.log(25) + 10) + 1)
-    ctx = LoopContext(
-        torch.device("cpu"), 10, iteration=5, loss_limit=limit, last_good="o/last.pth"
-    )
-    _check_finite(torch.tensor(limit - 0.5), 0, ctx, 0.1)  # a bad but possible loss: no error
-    with pytest.raises(FloatingPointError, match=r"exploding.*--resume o/last.pth.*--no-auto"):
-        _check_finite(torch.tensor(limit * 10), 0, ctx, 0.1)
-    with pytest.raises(FloatingPointError, match=r"non-finite.*last good checkpoint is o/last"):
-        _check_finite(torch.tensor(float("inf")), 0, ctx, 0.1)
+    check_loss(limit - 0.5, limit, 0, 5, 0.1)  # a bad but possible loss: no error
+    # (the run adds the last good checkpoint: tests/pretrain/test_moco_resume.py::test_blowup_*)
+    with pytest.raises(FloatingPointError, match=r"exploding.*iteration 5 \(lr 0\.1\)"):
+        check_loss(limit * 10, limit, 0, 5, 0.1)
+    with pytest.raises(FloatingPointError, match=r"non-finite.*Lower SOLVER.BASE_LR"):
+        check_loss(float("inf"), limit, 0, 5, 0.1)
 
 
 def test_weights_problem_finds_nan_and_explosions():

@@ -4,21 +4,24 @@ distinct unreadable-file counts, and short training runs through each INPUT.PIPE
 import logging
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
-from moco_helpers import tiny_train_cfg
+from image_zoo import write_zoo
+from moco_helpers import TWO_SHORT_EPOCHS, tiny_train_cfg
 from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 
 from pretrain.augment import BatchedMocoAug, sample_crop_boxes
 from pretrain.config import load_cfg
-from pretrain.data import TwoViewDataset, collate_encoded, list_images, skipped_indices
-from pretrain.device_input import DeviceInput, jpeg_components
+from pretrain.data import TwoViewDataset, list_images, skipped_indices
+from pretrain.device_input import DeviceInput, collate_encoded, jpeg_header
 from pretrain.train_net import train
+from pretrain.views import ViewGenerators
 
 
 def _ks(a, b) -> float:
@@ -92,6 +95,12 @@ def _write_mixed_folder(root):
     return root
 
 
+def _generators(seed):
+    """One CPU generator for the colour stage and the crop boxes (a CPU test)."""
+    g = torch.Generator().manual_seed(seed)
+    return ViewGenerators(colour=g, crop=g)
+
+
 def _device_batch(root):
     paths = list_images(str(root))
     ds = TwoViewDataset(paths, read_bytes=True)
@@ -104,18 +113,19 @@ def test_device_pipeline_decodes_falls_back_and_replaces(tmp_path, caplog):
     assert skip[:, 1].sum() == 0  # all files were readable bytes
     names = [os.path.basename(p) for p in batch.paths]
     by_name = dict(zip(names, batch.files()))
-    assert (
-        jpeg_components(by_name["good0.JPEG"]) == 3 and jpeg_components(by_name["gray.JPEG"]) == 1
-    )
-    assert jpeg_components(by_name["cmyk.JPEG"]) == 4 and jpeg_components(by_name["png.JPEG"]) == 0
+    components = {n: jpeg_header(d).components for n, d in by_name.items()}
+    assert components["good0.JPEG"] == 3 and components["gray.JPEG"] == 1
+    # CMYK, PNG and truncated files are left to the CPU reading rule
+    assert components["cmyk.JPEG"] == components["png.JPEG"] == components["truncated.JPEG"] == 0
 
     dev = DeviceInput(BatchedMocoAug("aug+", size=24), "cpu")
     with caplog.at_level(logging.WARNING, logger="pretrain.device_input"):
         images = dev.decode(batch.files(), batch.paths)
-        q, k = dev.views(batch, torch.Generator().manual_seed(0))
-        dev.views(batch, torch.Generator().manual_seed(1))  # a second "epoch"
+        (q, k), unreadable = dev.views(batch, _generators(0))
+        dev.views(batch, _generators(1))  # a second "epoch"
     assert [os.path.basename(p) for p in sorted(dev.fallback_files)] == ["cmyk.JPEG", "png.JPEG"]
     assert [os.path.basename(p) for p in dev.unreadable_files] == ["truncated.JPEG"]
+    assert [os.path.basename(p) for p in unreadable] == ["truncated.JPEG"]  # for the loop
     for name in ("cmyk.JPEG", "png.JPEG", "truncated.JPEG"):  # named once, not per batch
         assert caplog.text.count(name) == 1, name
     for name, img in zip(names, images):
@@ -133,9 +143,9 @@ def test_device_pipeline_decodes_falls_back_and_replaces(tmp_path, caplog):
 def test_device_pipeline_is_deterministic_per_generator(tmp_path):
     batch, _ = _device_batch(_write_mixed_folder(tmp_path))
     dev = DeviceInput(BatchedMocoAug("aug+", size=16), "cpu")
-    a = dev.views(batch, torch.Generator().manual_seed(3))
-    b = dev.views(batch, torch.Generator().manual_seed(3))
-    c = dev.views(batch, torch.Generator().manual_seed(4))
+    a, _ = dev.views(batch, _generators(3))
+    b, _ = dev.views(batch, _generators(3))
+    c, _ = dev.views(batch, _generators(4))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[0], c[0])
 
@@ -205,34 +215,39 @@ def test_skipped_indices_wrap_around():
     assert skipped_indices(skip, 10) == [8, 9, 0, 2]
 
 
-def _tiny_cfg(root, out, pipeline):
+def _tiny_cfg(root, out, pipeline, **opts):
     return tiny_train_cfg(
         root,
         out,
         pipeline,
         DATA__CACHE_DECODED=False,
-        DATA__NUM_WORKERS=0,
-        MODEL__MLP_HIDDEN_DIM=32,
-        MODEL__K=16,
-        MODEL__KEY_BN_SPLITS=2,
-        SOLVER__EPOCHS=2,
         CHECKPOINT_PERIOD=2,
+        **TWO_SHORT_EPOCHS,
+        **opts,
     )
 
 
 @pytest.mark.parametrize("pipeline", ["device", "pil", "batched"])
 def test_training_counts_each_unreadable_file_once(tmp_path, caplog, pipeline):
-    """Two epochs over 8 files with one unreadable: the total is 1 file, named once (not 2)."""
-    root = _write_mixed_folder(tmp_path / "data")
-    assert len(list_images(str(root))) == 8  # one batch of 8 per epoch: every file, twice
+    """Two epochs over the image zoo (tests/image_zoo.py, padded to 32 files: every file is
+    met in each epoch): each file the reading rule refuses counts once and is named once."""
+    folder = tmp_path / "data" / "zoo"
+    zoo = write_zoo(folder)
+    listed = len(list_images(str(tmp_path / "data")))  # ImageFolder's extensions: no .gif
+    for i in range(32 - listed):
+        shutil.copy(folder / "baseline.jpg", folder / f"{i}.jpg")
+    refused = sorted(name for name, z in zoo.items() if z.expected is None)
+    assert len(list_images(str(tmp_path / "data"))) == 32 and len(refused) == 6
+    cfg = _tiny_cfg(tmp_path / "data", tmp_path / "out", pipeline, SOLVER__BATCH_SIZE=16)
     with caplog.at_level(logging.WARNING):
-        out = train(_tiny_cfg(root, tmp_path / "out", pipeline), auto_resume=False)
-    assert out == {"epoch": 2, "iteration": 2}
+        out = train(cfg, auto_resume=False)
+    assert out == {"epoch": 2, "iteration": 4}
     assert (tmp_path / "out" / "last.pth").exists()
     so_far = [r.getMessage() for r in caplog.records if "skipped so far" in r.getMessage()]
-    assert so_far == ["1 unreadable image(s) skipped so far"]
-    assert "1 unreadable image(s) were skipped in total" in caplog.text
-    assert caplog.text.count("truncated.JPEG") == 1
+    assert so_far[-1] == "6 unreadable image(s) skipped so far"
+    assert "6 unreadable image(s) were skipped in total" in caplog.text
+    for name in refused:
+        assert caplog.text.count(f"zoo/{name}") == 1, name
 
 
 def test_empty_file_is_skipped_when_reading_bytes(tmp_path):

@@ -11,13 +11,9 @@ from moco_helpers import ToyEncoder
 
 from pretrain.builder import MoCo
 from pretrain.config import get_pretrain_cfg
-from pretrain.engine import (
-    LoopContext,
-    ProgressPrinter,
-    _close_window,
-    _starved_advice,
-    train_one_epoch,
-)
+from pretrain.engine import train_one_epoch
+from pretrain.meter import ProgressPrinter, TrainMeter, starved_advice
+from pretrain.views import PilViews, ViewGenerators
 
 BATCH, ITERS, STALL = 4, 8, 0.25
 
@@ -57,9 +53,8 @@ def _run(slow):
     torch.manual_seed(0)
     model = MoCo(ToyEncoder, dim=16, K=32, m=0.9, T=0.2)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
-    ctx = LoopContext(device=torch.device("cpu"), iters_per_epoch=ITERS)
-    ctx.writers = [ProgressPrinter(ITERS * 3)]
-    log = logging.getLogger("pretrain.engine")
+    meter = TrainMeter(cfg, writers=[ProgressPrinter(ITERS * 3)])
+    log = logging.getLogger("pretrain.meter")
     capture = _Capture()
     log.addHandler(capture)
     level = log.level
@@ -67,14 +62,25 @@ def _run(slow):
     try:
         with EventStorage(0) as storage:
             start = time.perf_counter()
-            train_one_epoch(model, StallingLoader(slow), opt, None, 0, cfg, ctx)
+            iteration = train_one_epoch(
+                model,
+                StallingLoader(slow),
+                opt,
+                None,
+                0,
+                0,
+                cfg,
+                view_maker=PilViews("cpu"),
+                generators=ViewGenerators(None, None),
+                meter=meter,
+            )
             wall = time.perf_counter() - start
-            for w in ctx.writers:  # the caller writes the epoch's last iteration
-                w.write()
+            meter.write()  # the caller writes the epoch's last iteration
             hist = storage.histories()
     finally:
         log.removeHandler(capture)
         log.setLevel(level)
+    assert iteration == ITERS
     return capture.records, BATCH * ITERS / wall, hist
 
 
@@ -110,21 +116,21 @@ def test_first_batch_wait_alone_does_not_warn():
     assert first > 30
     # the warning's rule, deterministically: an epoch's first batch is left out of the share
     cfg = get_pretrain_cfg()
-    ctx = LoopContext(device=torch.device("cpu"), iters_per_epoch=ITERS)
-    log = logging.getLogger("pretrain.engine")
+    meter = TrainMeter(cfg)
+    log = logging.getLogger("pretrain.meter")
     capture = _Capture()
     log.addHandler(capture)
     try:
         with EventStorage(0) as storage:
-            ctx.speed.add(2.0, BATCH, 1.9, epoch_start=True)  # 1.9 s of worker start-up
+            meter.speed.add(2.0, BATCH, 1.9, epoch_start=True)  # 1.9 s of worker start-up
             for _ in range(3):
-                ctx.speed.add(0.1, BATCH, 0.005, epoch_start=False)
-            _close_window(storage, ctx, cfg)
+                meter.speed.add(0.1, BATCH, 0.005, epoch_start=False)
+            meter.close_window(storage)
             assert storage.histories()["data_wait_pct"].latest() > 80  # honest share
             assert not capture.records
             for _ in range(4):  # a steady 20% wait warns
-                ctx.speed.add(0.1, BATCH, 0.02, epoch_start=False)
-            _close_window(storage, ctx, cfg)
+                meter.speed.add(0.1, BATCH, 0.02, epoch_start=False)
+            meter.close_window(storage)
             assert len(capture.records) == 1 and "20%" in capture.records[0].getMessage()
     finally:
         log.removeHandler(capture)
@@ -142,8 +148,7 @@ def test_first_batch_wait_alone_does_not_warn():
 def test_starved_warning_names_the_fix_for_the_pipeline(pipeline, prefetch, advice):
     cfg = get_pretrain_cfg()
     cfg.INPUT.PIPELINE = pipeline
-    ctx = LoopContext(device=torch.device("cpu"), iters_per_epoch=1, prefetch=prefetch)
-    text = _starved_advice(cfg, ctx)
+    text = starved_advice(cfg, prefetch)
     assert advice in text, text
     if pipeline != "pil":  # already decoding on the device: do not tell them to switch to it
         assert "INPUT.PIPELINE device" not in text

@@ -18,6 +18,7 @@ import time
 
 import pytest
 import torch
+from moco_helpers import two_process_opts
 
 from pretrain.checkpoint import load_checkpoint
 
@@ -38,29 +39,11 @@ def _free_port():
 
 def _start_agents(data, out, dump, tag, env_extra):
     port = _free_port()
-    opts = {
-        "DATA.TRAIN": data,
-        "DATA.KNN_TRAIN": "",
-        "DATA.KNN_VAL": "",
-        "OUTPUT_DIR": out,
-        "MODEL.ARCH": "resnet18",
-        "MODEL.WIDTH_PER_GROUP": 0,
-        "MODEL.MLP_HIDDEN_DIM": 64,
-        "MODEL.K": 24,  # 6 steps of 8 keys: the queue pointer wraps around twice
-        "MODEL.KEY_BN_SPLITS": 1,  # shuffle BN across the two nodes
-        "INPUT.SIZE": 32,
-        "INPUT.LOAD_SIZE": 40,
-        "SOLVER.BATCH_SIZE": 8,
-        "SOLVER.EPOCHS": EPOCHS,
-        "SOLVER.MAX_ITERS_PER_EPOCH": ITERS,
-        "CHECKPOINT_PERIOD": 1,
-        "LOG_PERIOD": 1,
-        "CPU_THREADS": 1,
-    }
+    opts = two_process_opts(data, out, EPOCHS, ITERS, CHECKPOINT_PERIOD=1)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2"]
     cmd += ["--nproc-per-node", "1", "--rdzv-backend", "c10d"]
     cmd += ["--rdzv-endpoint", f"localhost:{port}", "--rdzv-id", "moco-test"]
-    cmd += [WORKER, "--config-file", CONFIG] + [x for kv in opts.items() for x in map(str, kv)]
+    cmd += [WORKER, "--config-file", CONFIG] + opts
     env = {k: v for k, v in os.environ.items() if k != "MOCO_PAUSE_EPOCH"}
     env.update(PYTHONPATH=ROOT, MOCO_DUMP_DIR=dump, OMP_NUM_THREADS="1", **env_extra)
     agents = []

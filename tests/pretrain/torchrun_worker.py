@@ -20,7 +20,7 @@ from pretrain.checkpoint import unwrap
 _train_one_epoch = train_net.train_one_epoch
 
 
-def _recording_epoch(model, loader, optimizer, scaler, epoch, cfg, ctx):
+def _recording_epoch(model, loader, optimizer, scaler, epoch, *args, **kwargs):
     dump = os.environ["MOCO_DUMP_DIR"]
     rank = comm.get_rank()
     if rank == 1 and epoch == int(os.environ.get("MOCO_PAUSE_EPOCH", "-1")):
@@ -28,8 +28,9 @@ def _recording_epoch(model, loader, optimizer, scaler, epoch, cfg, ctx):
             f.write(str(os.getpid()))
         os.replace(os.path.join(dump, "paused.tmp"), os.path.join(dump, "paused"))
         time.sleep(300)  # killed by the test long before
-    _train_one_epoch(model, loader, optimizer, scaler, epoch, cfg, ctx)
+    iteration = _train_one_epoch(model, loader, optimizer, scaler, epoch, *args, **kwargs)
     torch.save(unwrap(model).state_dict(), os.path.join(dump, f"rank{rank}_epoch{epoch + 1}.pt"))
+    return iteration
 
 
 train_net.train_one_epoch = _recording_epoch
