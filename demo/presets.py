@@ -92,6 +92,11 @@ PRESETS = {
         # FrozenBN), so each init is compared at its better norm (docs/tiny_recipe.md).
         init_opts={"random_init": ("MODEL.RESNETS.NORM", "BN")},
         seeds=(0, 1000, 2000),
+        # outside the iterations (measured 2026-12-06, quiet 2-core machine): the data set decode
+        # and the final kNN of pretraining, about 15 of its 1.15 s steps; a detection trial's
+        # process start, precise BN and evaluation, about 20 s or 50 of its 0.4 s iterations
+        pretrain_startup_iters=15,
+        trial_overhead_iters=50,
         # one `python -m demo` run on a quiet 2-core CPU, 2026-11-24 (15 min 14 s in all; README
         # "Demo results"): data 2 s, pretraining 212 s, kNN 9 s, conversion < 1 s, detection
         # 687 s (3 trials per init one after another, both inits at once).
