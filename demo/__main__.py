@@ -35,7 +35,7 @@ def main(argv=None) -> int:
         "--preset",
         default=None,
         choices=sorted(PRESETS),
-        help="'default' (CPU, about 15 minutes on 2 quiet cores), 'gpu' (one GPU, full-width R50; "
+        help="'default' (CPU, about 25 minutes on 2 quiet cores), 'gpu' (one GPU, full-width R50; "
         "the default when CUDA is available), 'smoke' (checks the glue in about a minute; its "
         "numbers mean nothing)",
     )

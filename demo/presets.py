@@ -97,10 +97,11 @@ PRESETS = {
         # process start, precise BN and evaluation, about 20 s or 50 of its 0.4 s iterations
         pretrain_startup_iters=15,
         trial_overhead_iters=50,
-        # one `python -m demo` run on a quiet 2-core CPU, 2026-11-24 (15 min 14 s in all; README
-        # "Demo results"): data 2 s, pretraining 212 s, kNN 9 s, conversion < 1 s, detection
-        # 687 s (3 trials per init one after another, both inits at once).
-        estimates={"data": 5, "pretrain": 220, "knn": 10, "convert": 2, "detect": 690},
+        # one `python -m demo` run on this project's 2-core CPU machine, quiet, 2026-12-06 (25 min
+        # 15 s in all; README "Demo results"): data 7 s, pretraining 8 min 18 s, kNN 21 s,
+        # conversion 1 s, detection 16 min 20 s (3 trials per init one after another, both inits
+        # at once), report 2 s.
+        estimates={"data": 7, "pretrain": 498, "knn": 21, "convert": 1, "detect": 980},
     ),
     "smoke": Preset(
         name="smoke",
@@ -195,6 +196,7 @@ PRESETS = {
         # these images have about 0.45x the pixels, and the res5 head's cost per ROI does not
         # shrink with them, hence ~0.5 s rather than 0.35 s).
         estimates={"data": 80, "pretrain": 140, "knn": 20, "convert": 5, "detect": 640},
+        reference_machine="one H100 (calculated, not yet measured)",
     ),
 }
 # fmt: on
