@@ -14,6 +14,10 @@ kill leaves the old output or the new one, never a partial file. The input is ne
 
 from __future__ import annotations
 
+from common.known_warnings import filter_known_warnings
+
+filter_known_warnings()  # before detectron2 is imported: it warns while importing
+
 import argparse
 import logging
 import os

@@ -15,52 +15,16 @@ import torch
 
 from common.io import atomic_write, atomic_write_json
 
+from .console import Console, hms
+from .eta import DemoEta, detection_done, pretrain_done
 from .presets import PRESETS, ROOT, Preset
+from .stage_output import StageOutput
+from .stages import Meter, StageRunner
 
 # Each stage imports the packages it drives when it runs, so that ``import demo`` and
 # ``moco-demo --help`` stay light (detectron2's training stack, matplotlib, OpenCV).
 logger = logging.getLogger("demo")
 STAGES = ("data", "pretrain", "knn", "convert", "detect", "report")
-
-
-class Progress:
-    """Stage log lines with elapsed time and an ETA that rescales the remaining stage estimates
-    by how fast the finished stages ran compared with their estimates."""
-
-    def __init__(self, estimates: dict):
-        self.estimates, self.t0, self.spent, self.estimated_done = estimates, time.time(), {}, 0.0
-
-    def eta(self) -> float:
-        """Seconds still expected for the stages not yet finished."""
-        left = sum(v for k, v in self.estimates.items() if k not in self.spent)
-        done = sum(self.spent.values())
-        # Rescale only once a minute of estimated work is done: a few seconds of data generation
-        # say little about the machine's speed for the long stages.
-        speed = done / self.estimated_done if self.estimated_done >= 60 else 1.0
-        return left * speed
-
-    def start(self, stage: str) -> None:
-        i = STAGES.index(stage) + 1
-        logger.info(
-            "[%d/%d] %s: starting (elapsed %s, ETA %s)",
-            i,
-            len(STAGES),
-            stage,
-            _hms(time.time() - self.t0),
-            _hms(self.eta()),
-        )
-        self._stage_t0 = time.time()
-
-    def finish(self, stage: str, note: str = "") -> None:
-        self.spent[stage] = time.time() - self._stage_t0
-        self.estimated_done += self.estimates.get(stage, 0.0)
-        note = f" ({note})" if note else ""
-        logger.info("%s: done in %s%s", stage, _hms(self.spent[stage]), note)
-
-
-def _hms(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60:d}m{seconds % 60:02d}s"
 
 
 def _write_json(path: str, obj) -> None:
@@ -483,43 +447,147 @@ def write_report(out: str, knn: dict, summaries: dict, preset=None) -> tuple:
     return report, text
 
 
-def run_demo(output_dir: str, preset="default", seeds=None, data_seed: int = 0) -> dict:
+def _pretrain_meter(preset, opts) -> Meter:
+    """Progress of the pretraining stage: iterations in its metrics.json."""
+    from pretrain.config import load_cfg
+
+    cfg = load_cfg(preset.pretrain_config, opts)
+    per_epoch = preset.num_classes * preset.train_per_class // cfg.SOLVER.BATCH_SIZE
+    if cfg.SOLVER.MAX_ITERS_PER_EPOCH:
+        per_epoch = min(per_epoch, cfg.SOLVER.MAX_ITERS_PER_EPOCH)
+    total = per_epoch * cfg.SOLVER.EPOCHS
+    startup = preset.pretrain_startup_iters
+    return Meter(
+        startup + total,
+        total,
+        "it",
+        lambda: pretrain_done(cfg.OUTPUT_DIR, startup),
+    )
+
+
+def _detect_meter(out: str, preset, names, seeds) -> Meter:
+    """Progress of the detection stage: the iterations of every trial of every init."""
+    from detection.config import load_cfg
+
+    max_iter = load_cfg(preset.detect_config, list(preset.detection_opts)).SOLVER.MAX_ITER
+    trials = len(names) * len(seeds)
+    overhead = preset.trial_overhead_iters
+    folders = [os.path.join(out, "detection", name) for name in names]
+    return Meter(
+        trials * (max_iter + overhead),
+        trials * max_iter,
+        "it",
+        lambda: detection_done(folders, max_iter, overhead),
+    )
+
+
+def _data_summary(data: dict) -> str:
+    """``"3,600 classification images (8 classes) in <cls>, 400 VOC-format images in <voc>"``."""
+    cls, voc = data["cls_summary"], data["voc_summary"]
+    n_cls = sum(sum(per_class.values()) for per_class in cls["counts"].values())
+    n_voc = sum(split["images"] for split in voc["splits"].values())
+    return (
+        f"{n_cls:,} classification images ({len(cls['classes'])} classes) in {data['cls']}, "
+        f"{n_voc:,} VOC-format images in {data['voc']}"
+    )
+
+
+INIT_LABELS = {"moco": "MoCo", "random_init": "random init"}
+
+
+def _detection_summary(summaries: dict) -> str:
+    """``"AP50 MoCo 57.71 ± 3.62, random init 37.45 ± 0.59 (3 seeds each)"``."""
+    parts = []
+    for name, summary in summaries.items():
+        mean, std = summary["mean"].get("AP50"), summary["std"].get("AP50")
+        text = "no finished trial" if mean is None else f"{mean:.2f}"
+        parts.append(f"{INIT_LABELS.get(name, name)} {text}" + (f" ± {std:.2f}" if std else ""))
+    n = max(s["num_finished"] for s in summaries.values())
+    return f"AP50 {', '.join(parts)} ({n} seed{'s' * (n != 1)})"
+
+
+def _claims_lines(report: dict) -> list:
+    knn, paired, claims = report["knn"], report["paired"], report["claims"]
+    verdict = {True: "holds", False: "DOES NOT HOLD"}
+    return [
+        f"claim: MoCo kNN > random-init kNN {verdict[claims['knn_moco_beats_random']]} "
+        f"({knn['moco']:.2f} vs {knn['random_init']:.2f})",
+        f"claim: MoCo init beats random init on AP50 {paired['verdict']}",
+    ]
+
+
+def run_demo(
+    output_dir: str,
+    preset="default",
+    seeds=None,
+    data_seed: int = 0,
+    verbose: bool = False,
+    rerun_hint: str = "rerunning the same command",
+) -> dict:
     """Run (or continue) the whole demo in ``output_dir``; returns ``report.json``'s content.
 
     ``preset`` is a name in :data:`PRESETS` or a :class:`Preset`; ``seeds`` overrides the
-    detection trial seeds.
+    detection trial seeds. The terminal shows one progress line and one result line per stage;
+    everything the stages print goes to ``output_dir/logs/<stage>.log`` (``verbose``: to the
+    terminal too). ``rerun_hint`` names the command that continues an interrupted demo. A
+    failing stage prints the end of its log and its exception propagates.
     """
+    from detectron2.utils.logger import setup_logger
+
     preset = PRESETS[preset] if isinstance(preset, str) else preset
     seeds = tuple(seeds or preset.seeds)
     out = os.path.abspath(output_dir)
     os.makedirs(out, exist_ok=True)
-    progress = Progress(preset.estimates)
+    with StageOutput(os.path.join(out, "logs"), verbose) as output:
+        # the demo's own log lines go where the stage's output goes (its log)
+        setup_logger(name="demo", abbrev_name="demo")
+        console = Console(output.terminal, tty=False if verbose else None)
+        eta = DemoEta(preset.estimates, STAGES)
+        runner = StageRunner(STAGES, output, console, eta, rerun_hint)
+        started = time.time()
+        console.line(
+            f"demo, preset {preset.name!r}, in {out}; each stage's output: {output.log_dir}/. "
+            f"About {hms(eta.left()[1])} on {preset.reference_machine}, re-estimated as it runs."
+        )
+        with runner.stage("data") as stage:
+            data = make_data(out, preset, data_seed)
+            stage.summary = _data_summary(data)
 
-    progress.start("data")
-    data = make_data(out, preset, data_seed)
-    progress.finish("data", f"{data['cls']}, {data['voc']}")
+        opts = pretrain_opts(out, preset, data, data_seed)
+        with runner.stage("pretrain", _pretrain_meter(preset, opts)) as stage:
+            checkpoint = run_pretrain(preset.pretrain_config, opts)
+            stage.summary = f"checkpoint {checkpoint}"
 
-    progress.start("pretrain")
-    opts = pretrain_opts(out, preset, data, data_seed)
-    checkpoint = run_pretrain(preset.pretrain_config, opts)
-    progress.finish("pretrain", checkpoint)
+        with runner.stage("knn") as stage:
+            knn = knn_random_vs_trained(preset.pretrain_config, opts, checkpoint, preset.device)
+            _write_json(os.path.join(out, "knn.json"), knn)
+            stage.summary = (
+                f"kNN top-1 random init {knn['random_init']:.2f}%, MoCo {knn['moco']:.2f}% "
+                f"(chance {knn['chance']:.2f}%)"
+            )
 
-    progress.start("knn")
-    knn = knn_random_vs_trained(preset.pretrain_config, opts, checkpoint, preset.device)
-    _write_json(os.path.join(out, "knn.json"), knn)
-    progress.finish("knn", f"random {knn['random_init']:.1f}% -> MoCo {knn['moco']:.1f}%")
+        with runner.stage("convert") as stage:
+            pkl = os.path.join(out, "pretrain", "moco_r50_c4.pkl")
+            logger.info("%s", convert_to_d2(checkpoint, pkl))
+            stage.summary = pkl
 
-    progress.start("convert")
-    pkl = os.path.join(out, "pretrain", "moco_r50_c4.pkl")
-    logger.info("%s", convert_to_d2(checkpoint, pkl))
-    progress.finish("convert", pkl)
+        weights = {"moco": pkl, "random_init": ""}
+        with runner.stage("detect", _detect_meter(out, preset, weights, seeds)) as stage:
+            summaries = run_detection(out, weights, data["voc"], preset, seeds)
+            stage.summary = (
+                ", ".join(
+                    f"AP50 {name} {s['mean'].get('AP50', float('nan')):.2f}"
+                    + (f" ± {s['std']['AP50']:.2f}" if s["std"].get("AP50") is not None else "")
+                    for name, s in summaries.items()
+                )
+                + f" ({len(seeds)} seed{'s' * (len(seeds) > 1)})"
+            )
 
-    progress.start("detect")
-    summaries = run_detection(out, {"moco": pkl, "random_init": ""}, data["voc"], preset, seeds)
-    progress.finish("detect")
-
-    progress.start("report")
-    report, text = write_report(out, knn, summaries, preset)
-    progress.finish("report", os.path.join(out, "report.md"))
-    logger.info("\n%s", text)
+        with runner.stage("report") as stage:
+            report, text = write_report(out, knn, summaries, preset)
+            logger.info("\n%s", text)
+            stage.summary = os.path.join(out, "report.md")
+        for line in _claims_lines(report):
+            console.line(line)
+        console.line(f"demo done in {hms(time.time() - started)}; report: {stage.summary}")
     return report

@@ -35,8 +35,15 @@ class Preset:
     # overrides of detect_config
     detection_opts: tuple
     seeds: tuple
-    # rough seconds per stage, for the ETA line
+    # seconds per stage on `reference_machine`: the ETA before anything is measured, then
+    # scaled by the measured speed (demo.eta)
     estimates: dict = field(default_factory=dict)
+    reference_machine: str = "a quiet 2-core CPU"
+    # Work of the pretraining start-up (data set decode and caching, model) and of a detection
+    # trial outside its iterations (process start, precise BN, evaluation), in iterations of
+    # the same process: what the ETA counts besides the iterations (demo.eta)
+    pretrain_startup_iters: float = 0.0
+    trial_overhead_iters: float = 0.0
     # further keyword arguments of synthetic.make_voc (difficulty, sizes, classes)
     voc_kwargs: dict = field(default_factory=dict)
     cls_image_size: int = 64
@@ -85,10 +92,16 @@ PRESETS = {
         # FrozenBN), so each init is compared at its better norm (docs/tiny_recipe.md).
         init_opts={"random_init": ("MODEL.RESNETS.NORM", "BN")},
         seeds=(0, 1000, 2000),
-        # one `python -m demo` run on a quiet 2-core CPU, 2026-11-24 (15 min 14 s in all; README
-        # "Demo results"): data 2 s, pretraining 212 s, kNN 9 s, conversion < 1 s, detection
-        # 687 s (3 trials per init one after another, both inits at once).
-        estimates={"data": 5, "pretrain": 220, "knn": 10, "convert": 2, "detect": 690},
+        # outside the iterations (measured 2026-12-06, quiet 2-core machine): the data set decode
+        # and the final kNN of pretraining, about 15 of its 1.15 s steps; a detection trial's
+        # process start, precise BN and evaluation, about 20 s or 50 of its 0.4 s iterations
+        pretrain_startup_iters=15,
+        trial_overhead_iters=50,
+        # one `python -m demo` run on this project's 2-core CPU machine, quiet, 2026-12-06 (25 min
+        # 15 s in all; README "Demo results"): data 7 s, pretraining 8 min 18 s, kNN 21 s,
+        # conversion 1 s, detection 16 min 20 s (3 trials per init one after another, both inits
+        # at once), report 2 s.
+        estimates={"data": 7, "pretrain": 498, "knn": 21, "convert": 1, "detect": 980},
     ),
     "smoke": Preset(
         name="smoke",
@@ -183,6 +196,7 @@ PRESETS = {
         # these images have about 0.45x the pixels, and the res5 head's cost per ROI does not
         # shrink with them, hence ~0.5 s rather than 0.35 s).
         estimates={"data": 80, "pretrain": 140, "knn": 20, "convert": 5, "detect": 640},
+        reference_machine="one H100 (calculated, not yet measured)",
     ),
 }
 # fmt: on

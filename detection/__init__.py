@@ -6,6 +6,10 @@ VOC-format data sets; ``python -m detection.train_net`` trains one detector and
 ``python -m detection.trials`` runs and summarises several seeded fine-tunes.
 """
 
+from common.known_warnings import filter_known_warnings
+
+filter_known_warnings()  # `python -m detection.<entry point>` runs this first
+
 from . import roi_heads as _  # noqa: F401  (registration)
 from .config import add_moco_detection_config
 from .datasets import register_voc, register_voc_like

@@ -17,6 +17,10 @@ mark of a finished run. ``--resume`` continues a run only with the config it was
 writes to an OUTPUT_DIR at a time (``OUTPUT_DIR/run.lock``).
 """
 
+from common.known_warnings import filter_known_warnings
+
+filter_known_warnings()  # before detectron2 is imported: it warns while importing
+
 import logging
 import os
 import weakref

@@ -30,6 +30,9 @@ submitting them again. The end result is ``summary.json``, ``summary.csv`` and `
 published reference (``--reference``, see ``detection.summary.REFERENCES``).
 """
 
+from common.known_warnings import filter_known_warnings
+
+filter_known_warnings()  # before detectron2 is imported: it warns while importing
 # The command line only: scheduling in detection.scheduler, trial folders (config record,
 # results, progress) in detection.trial_folders, locks in detection.trial_locks.
 

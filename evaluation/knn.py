@@ -8,6 +8,10 @@ lives in :mod:`pretrain.knn`::
     moco-knn --random-init --arch resnet50 --width-per-group 16 --data datasets/synth_cls
 """
 
+from common.known_warnings import filter_known_warnings
+
+filter_known_warnings()  # before detectron2 is imported: it warns while importing
+
 import argparse
 import json
 import logging

@@ -16,6 +16,10 @@ reference MoCo release and torchvision weights. ``--cached-features`` extracts f
 
 from __future__ import annotations
 
+from common.known_warnings import filter_known_warnings
+
+filter_known_warnings()  # before detectron2 is imported: it warns while importing
+
 import argparse
 import logging
 import os

@@ -87,6 +87,14 @@ def starved_advice(cfg, prefetch: int) -> str:
     )
 
 
+def _views_share_the_cores(cfg) -> bool:
+    """True on the CPU with ``INPUT.PIPELINE batched`` or ``device``: the views are made by
+    torch ops in the training process, on the same cores as the step, so the wait is work those
+    cores do, not idle time that workers or a prefetch thread could fill (on 2 cores the
+    thread slowed the step: docs/input_pipelines.md, "Views made ahead of the step")."""
+    return cfg.MODEL.DEVICE == "cpu" and cfg.INPUT.PIPELINE in ("batched", "device")
+
+
 class TrainMeter:
     """The loop's wall clock, unreadable-file count and writers, over a whole run.
 
@@ -177,7 +185,11 @@ class TrainMeter:
         storage.put_scalars(**win.summary(), smoothing_hint=False)
         share = win.steady_wait_share()
         now = time.perf_counter()
-        if share > DATA_WAIT_WARN and now - win.last_warning > _WARN_EVERY_S:
+        if (
+            share > DATA_WAIT_WARN
+            and now - win.last_warning > _WARN_EVERY_S
+            and not _views_share_the_cores(self.cfg)
+        ):
             win.last_warning = now
             logger.warning(
                 "Waiting for data took %.0f%% of the last %d iterations (not counting the first "

@@ -18,6 +18,10 @@ config it was started with (``pretrain.config.RUN_KEYS``). One run writes to an 
 time (``OUTPUT_DIR/run.lock``, see ``common.locks``).
 """
 
+from common.known_warnings import filter_known_warnings
+
+filter_known_warnings()  # before detectron2 is imported: it warns while importing
+
 import argparse
 import json
 import logging

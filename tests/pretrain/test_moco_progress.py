@@ -136,6 +136,27 @@ def test_first_batch_wait_alone_does_not_warn():
         log.removeHandler(capture)
 
 
+def test_cpu_views_made_in_process_do_not_warn():
+    # on the CPU the batched pipeline's views are made on the step's own cores: nothing to fill
+    cfg = get_pretrain_cfg()
+    cfg.MODEL.DEVICE, cfg.INPUT.PIPELINE = "cpu", "batched"
+    log = logging.getLogger("pretrain.meter")
+    capture = _Capture()
+    log.addHandler(capture)
+    try:
+        for device, pipeline, warns in [("cpu", "batched", 0), ("cpu", "pil", 1)]:
+            cfg.MODEL.DEVICE, cfg.INPUT.PIPELINE = device, pipeline
+            meter = TrainMeter(cfg)
+            with EventStorage(0) as storage:
+                for _ in range(4):  # a steady 20% wait
+                    meter.speed.add(0.1, BATCH, 0.02, epoch_start=False)
+                meter.close_window(storage)
+            assert len(capture.records) == warns, (pipeline, capture.records)
+            capture.records.clear()
+    finally:
+        log.removeHandler(capture)
+
+
 @pytest.mark.parametrize(
     "pipeline, prefetch, advice",
     [
