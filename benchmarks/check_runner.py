@@ -132,7 +132,7 @@ def _run_command(stage, limit_s, log_path, env, cwd, running):
         log.flush()
         proc = subprocess.Popen(
             [str(a) for a in stage.argv], cwd=cwd, env=env, stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=default_sigint,
         )  # fmt: skip
         running.add(proc)
         try:
@@ -142,6 +142,13 @@ def _run_command(stage, limit_s, log_path, env, cwd, running):
             return proc.returncode, True
         finally:
             running.discard(proc)
+
+
+def default_sigint():
+    """In a child before exec: SIGINT back to its default. A check started in the background
+    or under ``nohup`` inherits SIGINT ignored, and then the time limit's SIGINT would not let
+    a benchmark write what it has."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def stop_group(proc):

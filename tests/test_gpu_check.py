@@ -203,9 +203,14 @@ def test_an_interrupted_check_stops_its_commands_and_lists_the_rest(tmp_path):
     runner = _runner(tmp_path)
     plan = [[[Stage("long", "smoke", "long", _py("import time; time.sleep(60)"), 90)]],
             [[Stage("next", "smoke", "next", _py("pass"), 30)]]]  # fmt: skip
-    threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT)).start()
-    start = time.monotonic()
-    runner.run(plan)
+    # Ctrl-C as in a terminal, also where this test runs with SIGINT ignored (a background job)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+        start = time.monotonic()
+        runner.run(plan)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - start < 30
     rows = {r["name"]: r for r in runner.all_rows()}
     assert rows["long"]["status"] == "FAILED"
