@@ -73,6 +73,18 @@ LEARNING_DATA_KWARGS = dict(
 LEARNING_EPOCHS = 5  # of the shipped 10 (250 steps), to keep `make test` under 15 minutes
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """Each test leaves torch's thread count as it found it: the detection trainer sets it to
+    TRANSFER.CPU_THREADS (1 in the tiny configs) in this process, and every later test, the
+    learning tests' 250-step pretraining among them, then ran on one core (510 s instead of
+    about 250 s in a full run)."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_moco_run(tmp_path_factory):
     """Pretrain once with the tiny recipe; return paths and the random-init baseline.
