@@ -15,8 +15,10 @@ of each detection trial, ``final_metrics.json`` of a finished trial): see :func:
 and :func:`detection_done`.
 """
 
-import json
 import os
+
+from detection.summary import FINAL_METRICS
+from detection.trial_folders import read_progress
 
 # Extrapolate a stage from its own progress once this share of its work is done and this many
 # seconds have passed; before that, its reference time (times the machine factor) is used.
@@ -95,25 +97,13 @@ class DemoEta:
         return stage_left, demo_left
 
 
-def _last_record(path: str):
-    """The last JSON line of ``path`` (a detectron2 ``metrics.json``), or None."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 8192))
-            lines = f.read().decode(errors="replace").strip().splitlines()
-        return json.loads(lines[-1]) if lines else None
-    except (OSError, ValueError):
-        return None
-
-
 def pretrain_done(output_dir: str, startup_units: float) -> tuple:
     """``(work units, iterations)`` done by the pretraining writing to ``output_dir``: the
     iterations in its ``metrics.json``, plus ``startup_units`` once the first line is there."""
-    record = _last_record(os.path.join(output_dir, "metrics.json"))
-    if not record or "iteration" not in record:
+    progress = read_progress(output_dir)
+    if progress is None:
         return 0.0, 0
-    iterations = int(record["iteration"]) + 1
+    iterations = progress[0] + 1
     return startup_units + iterations, iterations
 
 
@@ -132,11 +122,11 @@ def detection_done(folders, max_iter: int, overhead_units: float) -> tuple:
             trial = os.path.join(folder, name)
             if not os.path.isdir(trial):
                 continue
-            if os.path.exists(os.path.join(trial, "final_metrics.json")):
+            if os.path.exists(os.path.join(trial, FINAL_METRICS)):
                 done, iterations = done + max_iter + overhead_units, iterations + max_iter
                 continue
-            record = _last_record(os.path.join(trial, "metrics.json"))
-            if record and "iteration" in record:
-                its = min(int(record["iteration"]) + 1, max_iter)
+            progress = read_progress(trial)
+            if progress is not None:
+                its = min(progress[0] + 1, max_iter)
                 done, iterations = done + its + overhead_units / 2, iterations + its
     return done, int(iterations)
