@@ -35,12 +35,23 @@ def make_data(out: str, preset: Preset, seed: int) -> dict:
     """Generate (once) the classification and VOC-format sets under ``out/data``; returns their
     roots and summaries."""
     import synthetic
+    from common.runconfig import diff_lines, refuse_changes
 
     data = os.path.join(out, "data")
     marker = os.path.join(data, "done.json")
+    settings = {"preset": preset.name, "data_seed": seed}
     if os.path.exists(marker):
         with open(marker) as f:
-            return json.load(f)
+            info = json.load(f)
+        # a folder made before the settings were recorded is taken as it is
+        old = info.get("settings", settings)
+        refuse_changes(
+            marker,
+            diff_lines(old, settings),
+            f"Rerun with --preset {old['preset']} --data-seed {old['data_seed']} to continue "
+            "that demo, or give a new --output-dir.",
+        )
+        return info
     cls = synthetic.make_classification(
         os.path.join(data, "cls"),
         seed=seed,
@@ -58,6 +69,7 @@ def make_data(out: str, preset: Preset, seed: int) -> dict:
         **preset.voc_kwargs,
     )
     info = {
+        "settings": settings,
         "cls": os.path.join(data, "cls"),
         "voc": os.path.join(data, "voc"),
         "cls_summary": cls,
@@ -89,7 +101,10 @@ def run_pretrain(config: str, opts: list) -> str:
     from pretrain.config import load_cfg
     from pretrain.train_net import main
 
-    main(["--config-file", config, *opts])
+    # the command itself, not its console wrapper (common.errors.entry_point), which would turn
+    # the error into an exit status: the demo's stage names it, and the demo's own wrapper ends
+    # with its line
+    main.__wrapped__(["--config-file", config, *opts])
     return os.path.join(load_cfg(config, opts).OUTPUT_DIR, "last.pth")
 
 

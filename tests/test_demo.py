@@ -197,3 +197,29 @@ def test_cpu_presets_detect_the_generated_classes_with_the_demo_detector(name):
     assert min(sizes) <= 2 * lo * CPU_VOC["min_side"] and max(sizes) >= 2 * hi * CPU_VOC["min_side"]
     if name == "default":
         assert cfg.SOLVER.MAX_ITER == 600 and len(preset.seeds) >= 3
+
+
+def test_a_demo_folder_keeps_its_preset_and_data_seed(tmp_path):
+    from common.runconfig import ChangedRunError
+    from demo.pipeline import make_data
+
+    smoke = PRESETS["smoke"]
+    first = make_data(str(tmp_path), smoke, 0)
+    assert make_data(str(tmp_path), smoke, 0) == first  # the same settings: generated once
+    with pytest.raises(ChangedRunError) as refused:
+        make_data(str(tmp_path), dataclasses.replace(smoke, name="default"), 3)
+    message = str(refused.value)
+    assert str(tmp_path / "data" / "done.json") in message
+    assert "data_seed: 0 -> 3" in message and "preset: 'smoke' -> 'default'" in message
+    assert message.splitlines()[-1].startswith("Rerun with --preset smoke --data-seed 0")
+
+
+def test_a_pretraining_error_reaches_the_demo_as_itself(tmp_path):
+    # not as the console command's exit status: the demo's stage line and last line name it
+    from demo.pipeline import run_pretrain
+
+    missing = str(tmp_path / "nope.yaml")
+    with pytest.raises(Exception) as error:
+        run_pretrain(missing, ["OUTPUT_DIR", str(tmp_path / "out")])
+    assert not isinstance(error.value, SystemExit)
+    assert missing in str(error.value)
